@@ -1,0 +1,5 @@
+import sys
+
+from lensjax.cli import main
+
+sys.exit(main())

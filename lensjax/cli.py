@@ -1,0 +1,45 @@
+"""`lensjax <command>`: the command-line entry point.
+
+Exit codes: 0 success; 2 bad input (config, arguments, data, checkpoint), with
+the reason on stderr; anything else non-zero is a bug or a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lensjax.errors import InputError
+
+
+def _train(args, extra: list[str]) -> int:
+  from lensjax import config as config_lib
+  from lensjax.train import loop
+  config = config_lib.load_config_file(args.config)
+  config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
+  loop.train(config, args.workdir)
+  return 0
+
+
+def parser() -> argparse.ArgumentParser:
+  top = argparse.ArgumentParser(prog="lensjax", description=__doc__.splitlines()[0])
+  commands = top.add_subparsers(dest="command", required=True)
+  train = commands.add_parser("train", help="train a model (resumes if WORKDIR holds checkpoints)",
+                              epilog="Override any config value with --config.SECTION.KEY=VALUE.")
+  train.add_argument("--config", required=True, help="a config file such as configs/quickstart.py")
+  train.add_argument("--workdir", required=True, help="the run directory")
+  train.set_defaults(handler=_train)
+  return top
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, extra = parser().parse_known_args(argv)
+  try:
+    return args.handler(args, extra)
+  except InputError as e:
+    print(f"lensjax: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

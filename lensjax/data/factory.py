@@ -1,0 +1,22 @@
+"""The data source named by a config."""
+
+from __future__ import annotations
+
+from lensjax.config import Config
+from lensjax.data.targets import MarkovTarget
+from lensjax.data.teacher import TeacherTarget
+from lensjax.data.text import ByteText, TokenFile
+
+
+def make_source(config: Config):
+  d, seed = config.data, config.data.seed
+  if d.source == "markov":
+    return MarkovTarget(d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len, seed, d.num_sequences or None)
+  if d.source == "teacher":
+    return TeacherTarget(d.vocab_size, d.seq_len, seed, num_layers=d.teacher_layers, d_model=d.teacher_d_model,
+                         num_heads=d.teacher_heads, temperature=d.teacher_temperature)
+  if d.source == "bytes":
+    if not d.path:
+      return ByteText.from_default_corpus(d.seq_len, seed, d.heldout_fraction)
+    return ByteText(d.path, d.seq_len, seed, d.heldout_fraction)
+  return TokenFile(d.path, d.seq_len, seed, config.model.vocab_size, d.token_dtype, d.heldout_fraction)

@@ -1,0 +1,236 @@
+"""A decoder-only Transformer in Flax linen that reports on itself.
+
+`Transformer.apply(params, tokens_BxT, mask_BxT)` returns `(logits_BxTxV, aux)`.
+`aux` holds small per-layer summaries stacked over layers (leading axis L),
+never activation tensors: with `collect_stats=False` only the per-unit "active
+on some real token" flags that dead-neuron tracking needs on every step; with
+`collect_stats=True` also the summaries of METRICS.md (active fractions,
+attention bypass, attention entropy per head, max logit, sink mass).
+Parameters are float32; `ModelConfig.dtype` is the compute dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lensjax.config import ModelConfig
+
+F32 = jnp.float32
+
+
+def padded_vocab_size(cfg: ModelConfig) -> int:
+  return -(-cfg.vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
+
+
+def has_attention(cfg: ModelConfig) -> bool:
+  return cfg.block in ("attention+ffn", "attention_only")
+
+
+def has_ffn(cfg: ModelConfig) -> bool:
+  return cfg.block in ("attention+ffn", "ffn_only")
+
+
+def masked_mean(x, mask):
+  """Mean of `x` over the entries where `mask` is 1 (0 when there are none)."""
+  x, mask = x.astype(F32), mask.astype(F32)
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def rotary(x_BxTxHxK: jax.Array) -> jax.Array:
+  """Rotary position embedding (rotate-half form) on the head dimension."""
+  _, T, _, K = x_BxTxHxK.shape
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, K, 2, dtype=F32) / K))
+  angle_TxK2 = jnp.arange(T, dtype=F32)[:, None] * inv_freq[None, :]
+  cos, sin = jnp.cos(angle_TxK2)[None, :, None, :], jnp.sin(angle_TxK2)[None, :, None, :]
+  x1, x2 = jnp.split(x_BxTxHxK.astype(F32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxK.dtype)
+
+
+def attention_summaries(logits_BxHxTxT, probs_BxHxTxT, mask_BxT):
+  """Per-layer attention statistics of METRICS.md from explicit scores.
+
+  Key padding is on the right, so under the causal mask query t sees exactly
+  keys 0..t; padded queries are excluded through `mask_BxT`.
+  """
+  T = logits_BxHxTxT.shape[-1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+  plogp = jnp.where(probs_BxHxTxT > 0, probs_BxHxTxT * jnp.log(jnp.maximum(probs_BxHxTxT, 1e-30)), 0.0)
+  entropy_BxHxT = -jnp.sum(plogp, axis=-1)
+  visible_T = jnp.arange(1, T + 1, dtype=F32)
+  # Query 0 sees one key: its entropy is 0 by construction and log(1) = 0.
+  normalised_BxHxT = entropy_BxHxT / jnp.log(jnp.maximum(visible_T, 2.0))
+  query_mask_BxT = mask_BxT * (jnp.arange(T) > 0)
+  query_weight_BxHxT = jnp.broadcast_to(query_mask_BxT[:, None, :], entropy_BxHxT.shape)
+  entropy_H = jnp.sum(normalised_BxHxT * query_weight_BxHxT, axis=(0, 2)) / jnp.maximum(
+      jnp.sum(query_weight_BxHxT, axis=(0, 2)), 1.0)
+  real_query_BxHxTx1 = (mask_BxT[:, None, :, None] > 0)
+  visible = causal_TxT[None, None] & real_query_BxHxTx1
+  max_logit = jnp.max(jnp.where(visible, logits_BxHxTxT, -jnp.inf))
+  sink = masked_mean(probs_BxHxTxT[..., 0], jnp.broadcast_to(mask_BxT[:, None, :], probs_BxHxTxT.shape[:-1]))
+  return {"attn_entropy": entropy_H, "attn_max_logit": max_logit, "attn_sink": sink}
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  collect_stats: bool = False
+  residual_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxT):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    H, K = cfg.num_heads, cfg.d_model // cfg.num_heads
+    init = nn.initializers.normal(cfg.init_std)
+    qkv = nn.DenseGeneral((3, H, K), use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
+                          kernel_init=init, name="qkv")(x_BxTxD)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if cfg.positions == "rotary":
+      q_BxTxHxK, k_BxTxHxK = rotary(q_BxTxHxK), rotary(k_BxTxHxK)
+    aux = {}
+    if cfg.attention == "cudnn":
+      out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+                                                 implementation="cudnn")
+    else:
+      T = x_BxTxD.shape[1]
+      logits_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK,
+                                  preferred_element_type=F32) / math.sqrt(K)
+      causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+      masked = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(F32).min)
+      probs_BxHxTxT = jax.nn.softmax(masked, axis=-1)
+      out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(dtype), v_BxTxHxK)
+      if self.collect_stats:
+        aux = attention_summaries(logits_BxHxTxT, probs_BxHxTxT, mask_BxT)
+    out_init = nn.initializers.normal(cfg.init_std * self.residual_scale)
+    y_BxTxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
+                              param_dtype=F32, kernel_init=out_init, name="out")(out_BxTxHxK)
+    return y_BxTxD, aux
+
+
+class FeedForward(nn.Module):
+  cfg: ModelConfig
+  collect_stats: bool = False
+  residual_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxT):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    dense = functools.partial(nn.Dense, use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
+                              kernel_init=nn.initializers.normal(cfg.init_std))
+    if cfg.activation == "swiglu":
+      a_BxTxF = nn.silu(dense(cfg.d_ff, name="gate")(x_BxTxD)) * dense(cfg.d_ff, name="up")(x_BxTxD)
+    else:
+      act = {"relu": nn.relu, "gelu": nn.gelu}[cfg.activation]
+      a_BxTxF = act(dense(cfg.d_ff, name="up")(x_BxTxD))
+    active_BxTxF = (a_BxTxF > cfg.active_threshold) & (mask_BxT[:, :, None] > 0)
+    active_in_seq_BxF = jnp.any(active_BxTxF, axis=1)
+    aux = {"ffn_unit_active": jnp.any(active_in_seq_BxF, axis=0)}
+    if self.collect_stats:
+      token_fraction_BxT = jnp.mean(active_BxTxF.astype(F32), axis=-1)
+      real_seq_B = jnp.any(mask_BxT > 0, axis=1)
+      aux["ffn_active_token"] = masked_mean(token_fraction_BxT, mask_BxT)
+      aux["ffn_active_seq"] = masked_mean(jnp.mean(active_in_seq_BxF.astype(F32), axis=-1), real_seq_B)
+      aux["ffn_active_batch"] = jnp.mean(aux["ffn_unit_active"].astype(F32))
+    out = nn.Dense(cfg.d_model, use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
+                   kernel_init=nn.initializers.normal(cfg.init_std * self.residual_scale),
+                   name="down")(a_BxTxF)
+    return out, aux
+
+
+class Block(nn.Module):
+  """One residual block; returns `(x, aux)` so that it can be scanned over layers."""
+  cfg: ModelConfig
+  collect_stats: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxT):
+    cfg = self.cfg
+    norm = functools.partial(nn.LayerNorm, dtype=jnp.dtype(cfg.dtype), param_dtype=F32, use_bias=cfg.use_bias)
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    residual_scale = 1.0 / math.sqrt(2 * cfg.num_layers)
+    sublayers = []
+    if has_attention(cfg):
+      sublayers.append(("attn", Attention(cfg, self.collect_stats, residual_scale, name="attn")))
+    if has_ffn(cfg):
+      sublayers.append(("ffn", FeedForward(cfg, self.collect_stats, residual_scale, name="ffn")))
+    aux = {}
+    for kind, sublayer in sublayers:
+      pre = cfg.norm == "pre"
+      y_BxTxD, sub_aux = sublayer(norm(name=f"{kind}_norm")(x_BxTxD) if pre else x_BxTxD, mask_BxT)
+      y_BxTxD = drop(y_BxTxD)
+      aux.update(sub_aux)
+      if kind == "attn" and self.collect_stats:
+        ratio_BxT = (jnp.linalg.norm(y_BxTxD.astype(F32), axis=-1)
+                     / jnp.maximum(jnp.linalg.norm(x_BxTxD.astype(F32), axis=-1), 1e-30))
+        aux["attn_bypass"] = masked_mean(ratio_BxT, mask_BxT)
+      x_BxTxD = x_BxTxD + y_BxTxD
+      if not pre:
+        x_BxTxD = norm(name=f"{kind}_post_norm")(x_BxTxD)
+    return x_BxTxD, aux
+
+
+def stack_trees(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+class Transformer(nn.Module):
+  cfg: ModelConfig
+  collect_stats: bool = False
+
+  @nn.compact
+  def __call__(self, tokens_BxT, mask_BxT=None, *, deterministic: bool = True):
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    B, T = tokens_BxT.shape
+    if mask_BxT is None:
+      mask_BxT = jnp.ones((B, T), F32)
+    mask_BxT = mask_BxT.astype(F32)
+    embed = nn.Embed(padded_vocab_size(cfg), cfg.d_model, dtype=dtype, param_dtype=F32,
+                     embedding_init=nn.initializers.normal(cfg.init_std), name="embed")
+    x_BxTxD = embed(tokens_BxT)
+    if cfg.positions == "learned":
+      pos = nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=F32,
+                     embedding_init=nn.initializers.normal(cfg.init_std), name="pos_embed")
+      x_BxTxD = x_BxTxD + pos(jnp.arange(T))[None]
+    x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD).astype(dtype)
+
+    block = Block
+    if cfg.remat:
+      block = nn.remat(block, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        in_axes=nn.broadcast, length=cfg.num_layers)
+      x_BxTxD, aux = scanned(cfg, self.collect_stats, deterministic, name="layers")(x_BxTxD, mask_BxT)
+    else:
+      per_layer = []
+      for layer in range(cfg.num_layers):
+        x_BxTxD, layer_aux = block(cfg, self.collect_stats, deterministic, name=f"layer_{layer}")(x_BxTxD, mask_BxT)
+        per_layer.append(layer_aux)
+      aux = stack_trees(per_layer)
+
+    if cfg.norm == "pre":
+      x_BxTxD = nn.LayerNorm(dtype=dtype, param_dtype=F32, use_bias=cfg.use_bias, name="final_norm")(x_BxTxD)
+    if cfg.tie_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = nn.Dense(padded_vocab_size(cfg), use_bias=False, dtype=dtype, param_dtype=F32,
+                              kernel_init=nn.initializers.normal(cfg.init_std), name="unembed")(x_BxTxD)
+    return logits_BxTxV[..., :cfg.vocab_size].astype(F32), aux
+
+
+def layer_params(params, cfg: ModelConfig) -> list:
+  """The parameter subtree of each block, for scanned and unrolled layouts alike."""
+  if cfg.scan_layers:
+    return [jax.tree.map(lambda p, i=i: p[i], params["layers"]) for i in range(cfg.num_layers)]
+  return [params[f"layer_{i}"] for i in range(cfg.num_layers)]
+
+
+def count_params(params) -> int:
+  return sum(int(p.size) for p in jax.tree.leaves(params))

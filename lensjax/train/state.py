@@ -1,0 +1,32 @@
+"""The train state: everything a resumed run needs to continue bit for bit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from lensjax.config import ModelConfig
+from lensjax.model import has_ffn
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: the number of updates applied so far
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key; step t uses fold_in(rng, t)
+  unit_last_active: jax.Array  # int32 [L, F]: last step each FFN unit fired (-1: never)
+
+
+def create_state(model, tx, cfg: ModelConfig, seq_len: int, seed: int) -> TrainState:
+  """Pure initialisation from the seed (jit it with output shardings)."""
+  root = jax.random.PRNGKey(seed)
+  init_key, run_key = jax.random.split(root)
+  tokens_1xT = jnp.zeros((1, seq_len), jnp.int32)
+  params = model.init(init_key, tokens_1xT)["params"]
+  units = cfg.d_ff if has_ffn(cfg) else 0
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key,
+                    unit_last_active=jnp.full((cfg.num_layers, units), -1, jnp.int32))
