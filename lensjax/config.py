@@ -88,6 +88,7 @@ class TrainConfig:
 @dataclasses.dataclass
 class StatsConfig:
   dead_window: int = 100  # a unit is dead after this many steps without activity
+  attention_sub_batch: int = 8  # rows for attention statistics when attention=cudnn
 
 
 @dataclasses.dataclass
@@ -284,6 +285,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
       "model.d_ff": m.d_ff, "model.max_len": m.max_len, "model.vocab_multiple": m.vocab_multiple,
       "data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size, "data.markov_order": d.markov_order,
       "train.steps": t.steps, "train.batch_size": t.batch_size, "stats.dead_window": config.stats.dead_window,
+      "stats.attention_sub_batch": config.stats.attention_sub_batch,
       "checkpoint.save_every": config.checkpoint.save_every, "checkpoint.keep": config.checkpoint.keep,
       "logging.log_every": config.logging.log_every, "logging.eval_batches": config.logging.eval_batches,
   }

@@ -47,3 +47,10 @@ def activity_lens(view) -> dict:
 
 def eval_activity_lens(view) -> dict:
   return {"eval/" + name: value for name, value in activity_lens(view).items()}
+
+
+def jaccard(a_LxF: jax.Array, b_LxF: jax.Array) -> jax.Array:
+  """Per-layer |A ∩ B| / |A ∪ B| of two sets of units; 1 when both are empty."""
+  intersection = jnp.sum(a_LxF & b_LxF, axis=-1).astype(jnp.float32)
+  union = jnp.sum(a_LxF | b_LxF, axis=-1).astype(jnp.float32)
+  return jnp.where(union > 0, intersection / jnp.maximum(union, 1.0), 1.0)

@@ -7,24 +7,25 @@ step t's metrics are fetched, and only logging steps fetch anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 import signal
 import sys
 import time
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.data.factory import make_source
 from lensjax.io.checkpoints import Checkpoints, abstract_like
-from lensjax.io.metrics_log import MetricsLog, truncate_after
-from lensjax.io.names import flatten_metrics
-from lensjax.io.progress import Progress
-from lensjax.io.tensorboard import SummaryWriter
+from lensjax.io.metrics_log import truncate_after
+from lensjax.io.run_logger import RunLogger
 from lensjax.model import Transformer
 from lensjax.stats import lenses as lens_lib
+from lensjax.stats.sparsity import jaccard
 from lensjax.train import optim
 from lensjax.train.state import create_state
 from lensjax.train.step import eval_step, jit_train_step
@@ -50,6 +51,8 @@ class Run:
   plain_step: object
   logging_step: object
   eval_fn: object
+  overlap_fn: object
+  tracker_fn: object
   schedule: object
 
 
@@ -71,7 +74,25 @@ def build(config: config_lib.Config, mesh=None) -> Run:
                            lenses=lens_lib.train_lenses(config, source), **common)
   eval_fn = jax.jit(lambda p, b: eval_step(p, b, model=model_stats, lenses=lens_lib.eval_lenses(config, source)),
                     in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
-  return Run(config, source, mesh, state, plain, logging, eval_fn, schedule)
+  overlap_fn = jax.jit(functools.partial(heldout_overlap, model=model_plain), out_shardings=replicated)
+  tracker_fn = jax.jit(steps_since_active, out_shardings=replicated)
+  return Run(config, source, mesh, state, plain, logging, eval_fn, overlap_fn, tracker_fn, schedule)
+
+
+def heldout_overlap(params, train_batch, heldout_batch, *, model) -> dict:
+  """Jaccard overlap of the units active on a training and a held-out batch, per layer."""
+  _, train_aux = model.apply({"params": params}, train_batch["inputs"], train_batch["mask"])
+  _, heldout_aux = model.apply({"params": params}, heldout_batch["inputs"], heldout_batch["mask"])
+  if "ffn_unit_active" not in train_aux:
+    return {}
+  return {"ffn/active_overlap_heldout": jaccard(train_aux["ffn_unit_active"], heldout_aux["ffn_unit_active"])}
+
+
+def steps_since_active(state) -> dict:
+  """Per unit, the steps since it last fired (a fresh copy: the state gets donated)."""
+  if state.unit_last_active.shape[-1] == 0:
+    return {}
+  return {"ffn/steps_since_active": (state.step - 1 - state.unit_last_active).astype(jnp.float32)}
 
 
 class _Preemption:
@@ -107,10 +128,18 @@ def _batch(run: Run, step: int, split: str = "train"):
   return parallel.shard_batch(local, run.mesh)
 
 
-def evaluate(run: Run, params) -> dict:
-  """Held-out metrics averaged over the fixed held-out batches 0..eval_batches-1 (device arrays)."""
-  results = [run.eval_fn(params, _batch(run, i, split="heldout")) for i in range(run.config.logging.eval_batches)]
-  return jax.tree.map(lambda *xs: sum(xs) / len(xs), *results)
+def evaluate(run: Run, state, train_batch) -> tuple[dict, dict]:
+  """Held-out metrics (device arrays) and per-layer histograms after a step.
+
+  Scalars are averaged over the fixed held-out batches 0..eval_batches-1; the
+  held-out overlap compares the units active on this step's training batch
+  with those active on held-out batch 0, of the same size.
+  """
+  heldout = [_batch(run, i, split="heldout") for i in range(run.config.logging.eval_batches)]
+  results = [run.eval_fn(state.params, b) for b in heldout]
+  scalars = jax.tree.map(lambda *xs: sum(xs) / len(xs), *results)
+  scalars.update(run.overlap_fn(state.params, train_batch, heldout[0]))
+  return scalars, run.tracker_fn(state)
 
 
 def compile_steps(run: Run, state):
@@ -124,80 +153,59 @@ def compile_steps(run: Run, state):
   return compiled
 
 
-def train(config: config_lib.Config, workdir: str) -> object:
-  """Trains (or resumes) into `workdir`; returns the final train state."""
+def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None) -> object:
+  """Trains (or resumes) into `workdir`; returns the final train state.
+
+  `stop_at_step` interrupts the run as a preemption would: a checkpoint at that
+  step, then return (the schedule still spans `train.steps`).
+  """
   config = prepare(config)
-  is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   run = build(config)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if restored is not None:
-    dropped = truncate_after(metrics_path, start_step - 1) if is_writer else 0
-    _log(f"resuming from the checkpoint at step {start_step} in {checkpoints.directory}"
-         + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
-  if is_writer:
+  if jax.process_index() == 0:
+    if restored is not None:
+      dropped = truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step - 1)
+      _log(f"resuming from the checkpoint at step {start_step} in {checkpoints.directory}"
+           + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
     config_lib.save_json(config, os.path.join(workdir, "config.json"))
-  flops_token = perf.flops_per_token(state.params, config.model, config.data.seq_len)
-  _log(perf.describe(state.params, config.model, config.data.seq_len))
-
-  writer = SummaryWriter(os.path.join(workdir, "tb")) if is_writer else None
-  metrics_log = MetricsLog(metrics_path) if is_writer else None
-  progress = Progress(config.logging.progress, config.train.steps, start_step)
-  tokens_per_step = config.train.batch_size * config.data.seq_len
-  pending: list[tuple[int, dict]] = []
-  last_emit: tuple[int, float] | None = None
-
-  def emit():
-    nonlocal last_emit
-    for step, device_metrics in pending:
-      metrics = flatten_metrics(jax.device_get(device_metrics))
-      now = time.perf_counter()
-      if last_emit is not None and step > last_emit[0]:
-        metrics.update(perf.perf_metrics((now - last_emit[1]) / (step - last_emit[0]), tokens_per_step, flops_token))
-      last_emit = (step, now)
-      if is_writer:
-        writer.scalars(step, metrics)
-        metrics_log.write(step, metrics)
-      progress.update(step, metrics)
-    pending.clear()
+  perf_line = perf.describe(state.params, config.model, config.data.seq_len)
+  _log(perf_line)
+  logger = RunLogger(workdir, config.train.steps, start_step, config.train.batch_size * config.data.seq_len,
+                     perf.flops_per_token(state.params, config.model, config.data.seq_len), config.logging.progress)
+  logger.text(start_step, "run/config", "```json\n" + json.dumps(config_lib.to_dict(config), indent=2) + "\n```")
+  logger.text(start_step, "run/perf", perf_line)
 
   total = config.train.steps
+  log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
+  meta = {"config": config_lib.to_dict(config)}
+  saved_step = start_step
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
-  log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
-  saved_step = start_step
   with _Preemption() as preemption:
     for step in range(start_step, total):
-      if preemption.requested:
-        _log(f"SIGTERM: saving a checkpoint at step {step} and exiting")
+      if preemption.requested or step == stop_at_step:
+        _log(f"{'SIGTERM' if preemption.requested else 'stop requested'}: saving a checkpoint at step {step}")
         break
       is_log = step % log_every == 0 or step == total - 1
-      step_fn = logging_step if is_log else plain_step
-      state, metrics = step_fn(state, _batch(run, step))
-      emit()  # the previous logging step's metrics, now that this step is queued
+      batch = _batch(run, step)
+      state, metrics = (logging_step if is_log else plain_step)(state, batch)
+      logger.flush()  # the previous records, now that this step is queued
       if is_log:
-        pending.append((step, metrics))
+        logger.add(step, metrics)
       if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
-        eval_metrics = evaluate(run, state.params)
-        if pending and pending[-1][0] == step:
-          pending[-1][1].update(eval_metrics)
-        else:
-          pending.append((step, eval_metrics))
+        scalars, histograms = evaluate(run, state, batch)
+        logger.add(step, scalars, histograms)
       if (step + 1) % save_every == 0:
-        checkpoints.save(step + 1, state, {"config": config_lib.to_dict(config)})
+        checkpoints.save(step + 1, state, meta)
         saved_step = step + 1
-    emit()
+  logger.close()
   final_step = int(jax.device_get(state.step))
   if final_step != saved_step:
-    checkpoints.save(final_step, state, {"config": config_lib.to_dict(config)})
+    checkpoints.save(final_step, state, meta)
   checkpoints.close()
-  progress.close()
-  if is_writer:
-    writer.close()
-    metrics_log.close()
   _log(f"done at step {final_step}; run directory {workdir}")
   return state

@@ -1,0 +1,85 @@
+"""Shared test setup: 8 fake CPU devices, a tiny config, a CLI runner.
+
+The environment variables are set at import time, before anything imports
+jax, so that every test (and every subprocess a test starts, which inherits
+os.environ) sees the same 8 CPU devices; multi-device code paths then run on
+any laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import pytest  # noqa: E402
+
+from lensjax.config import Config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_DEVICES = 8
+
+
+def make_tiny_config(**overrides) -> Config:
+  """A model that compiles and steps in well under a second on one CPU core.
+
+  `overrides` are dotted keys with Python values, e.g. `**{"train.steps": 20}`.
+  """
+  config = Config()
+  m, d, t, o = config.model, config.data, config.train, config.optim
+  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 2, 32, 4, 64, 16
+  d.source, d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len = "markov", 8, 1, 0.5, 16
+  t.steps, t.batch_size, t.seed = 6, 8, 0
+  o.lr, o.warmup_steps, o.weight_decay = 1e-2, 2, 0.01
+  config.logging.log_every = 2
+  config.logging.eval_every = 0
+  config.logging.eval_batches = 1
+  config.logging.progress = "none"
+  config.checkpoint.save_every = 100
+  config.checkpoint.keep = 3
+  # Synchronous saves: the tests read checkpoints right after train() returns.
+  config.checkpoint.async_save = False
+  config.stats.dead_window = 3
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    assert hasattr(getattr(config, section), name), key
+    setattr(getattr(config, section), name, value)
+  return config
+
+
+@pytest.fixture
+def tiny_config() -> Config:
+  return make_tiny_config()
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m lensjax ARGS...` from the repository root and captures its output."""
+  return subprocess.run([sys.executable, "-m", "lensjax", *args], cwd=REPO, env=dict(os.environ),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
+  """Starts `python -m lensjax ARGS...` in the background (for signal tests)."""
+  return subprocess.Popen([sys.executable, "-m", "lensjax", *args], cwd=REPO, env=dict(os.environ),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def write_config_file(path, config: Config) -> str:
+  """A config file whose get_config() returns exactly `config` (via its JSON form)."""
+  from lensjax import config as config_lib
+  json_path = str(path) + ".json"
+  config_lib.save_json(config, json_path)
+  with open(path, "w") as f:
+    f.write("from lensjax.config import load_json\n\n\n"
+            f"def get_config():\n  return load_json({json_path!r})\n")
+  return str(path)
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path, tiny_config) -> str:
+  return write_config_file(tmp_path / "tiny.py", tiny_config)
