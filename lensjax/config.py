@@ -82,7 +82,8 @@ class OptimConfig:
 class TrainConfig:
   steps: int = 300
   batch_size: int = 32  # global, across all devices and processes
-  seed: int = 0  # initialisation, dropout and data order
+  seed: int = 0  # initialisation and dropout (data order: data.seed)
+  nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update
 
 
 @dataclasses.dataclass
@@ -107,6 +108,11 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass
+class ParallelConfig:
+  fsdp: int = 1  # devices that split parameters and optimiser state (1: replicate)
+
+
+@dataclasses.dataclass
 class Config:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -115,6 +121,7 @@ class Config:
   stats: StatsConfig = dataclasses.field(default_factory=StatsConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 CHOICES = {
@@ -129,6 +136,7 @@ CHOICES = {
     "optim.name": ("adamw", "adam", "sgd", "adafactor"),
     "optim.schedule": ("constant", "cosine", "linear", "rsqrt"),
     "logging.progress": ("auto", "lines", "none"),
+    "train.nan_policy": ("halt", "skip"),
 }
 
 
@@ -288,6 +296,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
       "stats.attention_sub_batch": config.stats.attention_sub_batch,
       "checkpoint.save_every": config.checkpoint.save_every, "checkpoint.keep": config.checkpoint.keep,
       "logging.log_every": config.logging.log_every, "logging.eval_batches": config.logging.eval_batches,
+      "parallel.fsdp": config.parallel.fsdp,
   }
   for key, value in positive.items():
     _check(value > 0, f"config key {key} is {value}; it must be positive.")
@@ -312,6 +321,8 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
          f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes; use a multiple of {process_count}.")
   _check(t.batch_size % device_count == 0,
          f"train.batch_size={t.batch_size} is not divisible by the {device_count} devices; use a multiple of {device_count}.")
+  _check(device_count % config.parallel.fsdp == 0,
+         f"parallel.fsdp={config.parallel.fsdp} does not divide the {device_count} devices; use a divisor of {device_count}.")
   if m.attention == "cudnn":
     _check(platform == "gpu", f"model.attention=cudnn needs an NVIDIA GPU but this run is on {platform}; use --config.model.attention=xla (or auto).")
     _check(m.dtype in ("bfloat16", "float16"), f"model.attention=cudnn needs model.dtype bfloat16 or float16, not {m.dtype}; change one of them.")

@@ -1,6 +1,7 @@
 """A decoder-only Transformer in Flax linen that reports on itself.
 
-`Transformer.apply(params, tokens_BxT, mask_BxT)` returns `(logits_BxTxV, aux)`.
+`Transformer.apply(params, tokens_BxT, mask_BxT)` returns `(logits_BxTxV, aux)`,
+logits in the compute dtype.
 `aux` holds small per-layer summaries stacked over layers (leading axis L),
 never activation tensors: with `collect_stats=False` only the per-unit "active
 on some real token" flags that dead-neuron tracking needs on every step; with
@@ -137,6 +138,9 @@ class FeedForward(nn.Module):
       aux["ffn_active_token"] = masked_mean(token_fraction_BxT, mask_BxT)
       aux["ffn_active_seq"] = masked_mean(jnp.mean(active_in_seq_BxF.astype(F32), axis=-1), real_seq_B)
       aux["ffn_active_batch"] = jnp.mean(aux["ffn_unit_active"].astype(F32))
+      # Per-unit firing frequency over the batch's real tokens: [F], for histograms.
+      fired_F = jnp.sum(active_BxTxF.astype(F32), axis=(0, 1))
+      aux["ffn_unit_frequency"] = fired_F / jnp.maximum(jnp.sum(mask_BxT), 1.0)
     out = nn.Dense(cfg.d_model, use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
                    kernel_init=nn.initializers.normal(cfg.init_std * self.residual_scale),
                    name="down")(a_BxTxF)
@@ -185,7 +189,9 @@ class Transformer(nn.Module):
   collect_stats: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BxT, mask_BxT=None, *, deterministic: bool = True):
+  def __call__(self, tokens_BxT, mask_BxT=None, *, deterministic: bool = True, return_hidden: bool = False):
+    """`(logits_BxTxV, aux)`, or with `return_hidden` the final hidden states
+    `(h_BxTxD, aux)` for a loss that applies `head_matrix` itself, in chunks."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     B, T = tokens_BxT.shape
@@ -217,12 +223,23 @@ class Transformer(nn.Module):
 
     if cfg.norm == "pre":
       x_BxTxD = nn.LayerNorm(dtype=dtype, param_dtype=F32, use_bias=cfg.use_bias, name="final_norm")(x_BxTxD)
+    if return_hidden and not self.is_initializing():
+      return x_BxTxD, aux
     if cfg.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
       logits_BxTxV = nn.Dense(padded_vocab_size(cfg), use_bias=False, dtype=dtype, param_dtype=F32,
                               kernel_init=nn.initializers.normal(cfg.init_std), name="unembed")(x_BxTxD)
-    return logits_BxTxV[..., :cfg.vocab_size].astype(F32), aux
+    # Logits stay in the compute dtype: a float32 copy of B×T×V is the largest
+    # tensor of a GPT-2-sized step; consumers upcast inside their fused reductions.
+    return logits_BxTxV[..., :cfg.vocab_size], aux
+
+
+def head_matrix(params, cfg: ModelConfig):
+  """The output projection [D, V_padded] in the compute dtype (tied: the embedding)."""
+  if cfg.tie_embeddings:
+    return params["embed"]["embedding"].T.astype(cfg.dtype)
+  return params["unembed"]["kernel"].astype(cfg.dtype)
 
 
 def layer_params(params, cfg: ModelConfig) -> list:

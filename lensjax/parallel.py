@@ -1,17 +1,51 @@
-"""Device mesh and shardings."""
+"""Multi-host initialisation, the device mesh and shardings.
+
+The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data
+parallelism whose parameters and optimiser state are also split across the
+axis, ZeRO-3 style). The batch is split over both axes, never replicated.
+With `fsdp = 1` every device holds the whole state.
+"""
 
 from __future__ import annotations
+
+import os
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+
+# Explicit multi-process settings; SLURM and Cloud TPU VMs need none.
+ENV_COORDINATOR = "LENSJAX_COORDINATOR"  # host:port of process 0
+ENV_NUM_PROCESSES = "LENSJAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "LENSJAX_PROCESS_ID"
 
 
-def make_mesh(devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+def initialize_distributed() -> None:
+  """Starts `jax.distributed` when this process is one of several.
+
+  Explicit settings come from LENSJAX_COORDINATOR / LENSJAX_NUM_PROCESSES /
+  LENSJAX_PROCESS_ID; under SLURM (more than one task) and on multi-host TPU
+  VMs JAX finds them in the environment itself. A single process does nothing.
+  """
+  if os.environ.get(ENV_COORDINATOR):
+    kwargs = dict(coordinator_address=os.environ[ENV_COORDINATOR],
+                  num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+                  process_id=int(os.environ[ENV_PROCESS_ID]))
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      # CPU processes exchange gradients through gloo.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    jax.distributed.initialize()
+
+
+def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices.reshape(devices.size // fsdp, fsdp), BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -19,8 +53,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over the data axis; never replicated."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def fsdp_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  """Splits the largest axis divisible by the fsdp size; small or odd leaves stay whole."""
+  size = mesh.shape[FSDP_AXIS]
+  candidates = [(n, axis) for axis, n in enumerate(shape) if size > 1 and n % size == 0]
+  if not candidates:
+    return replicated(mesh)
+  _, axis = max(candidates)
+  spec = [None] * len(shape)
+  spec[axis] = FSDP_AXIS
+  return NamedSharding(mesh, P(*spec))
+
+
+def state_shardings(mesh: Mesh, abstract_state):
+  """Sharding of every leaf of a (shape-only) train state."""
+  return jax.tree.map(lambda x: fsdp_sharding(mesh, x.shape), abstract_state)
 
 
 def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

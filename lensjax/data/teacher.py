@@ -31,7 +31,6 @@ def teacher_config(vocab_size: int, seq_len: int, num_layers: int, d_model: int,
                      vocab_size=vocab_size, max_len=seq_len, init_std=1.0 / math.sqrt(d_model))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "seq_len"))
 def sample_teacher(params, key, uniform_first_B, *, model, seq_len: int, temperature):
   """Ancestral sampling of T+1 tokens; returns tokens [B, T+1] and conditionals [B, T, V]."""
   B = uniform_first_B.shape[0]
@@ -57,6 +56,8 @@ class TeacherTarget:
     self.model = Transformer(teacher_config(vocab_size, seq_len, num_layers, d_model, num_heads))
     init_key = jax.random.PRNGKey(int(base.make_rng(seed, STREAM_TEACHER_INIT).integers(2**31)))
     self.params = self.model.init(init_key, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    # Jitted per instance: the model (its config is a mutable dataclass) cannot be a hashed static argument.
+    self._sample = jax.jit(functools.partial(sample_teacher, model=self.model, seq_len=self.seq_len))
 
   def token_conditionals(self, inputs_BxT: np.ndarray) -> np.ndarray:
     """The true p(x_{t+1} | x<=t) for arbitrary given inputs [B, T'] with T' <= seq_len."""
@@ -69,8 +70,7 @@ class TeacherTarget:
     rng = base.make_rng(self.seed, base.split_stream_id(split), base.check_step(step))
     first_B = rng.integers(0, self.vocab_size, size=batch_size)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    tokens, probs = sample_teacher(self.params, key, jnp.asarray(first_B, jnp.int32), model=self.model,
-                                   seq_len=self.seq_len, temperature=self.temperature)
+    tokens, probs = self._sample(self.params, key, jnp.asarray(first_B, jnp.int32), temperature=self.temperature)
     batch = base.next_token_batch(np.asarray(tokens)[rows])
     batch["target_probs"] = np.asarray(probs, np.float32)[rows]
     return batch

@@ -8,12 +8,20 @@ held-out evaluation carry the ones listed here.
 from __future__ import annotations
 
 from lensjax.config import Config
-from lensjax.stats import attention, sparsity
+from lensjax.stats import adam, attention, entropy, norms, sparsity
 
 
 def train_lenses(config: Config, source) -> tuple:
-  return (sparsity.activity_lens, attention.attention_lens)
+  return (sparsity.activity_lens, attention.attention_lens, entropy.token_entropy_lens,
+          norms.norm_lens_for(config.model), adam.adam_lens_for(config.optim, config.model),
+          adam.unit_second_moment_lens_for(config.optim, config.model)) + _cudnn_attention(config)
 
 
 def eval_lenses(config: Config, source) -> tuple:
-  return (sparsity.eval_activity_lens, attention.eval_attention_lens)
+  return (sparsity.eval_activity_lens, attention.eval_attention_lens, entropy.eval_token_entropy_lens)
+
+
+def _cudnn_attention(config: Config) -> tuple:
+  if config.model.attention != "cudnn":
+    return ()
+  return (attention.sub_batch_attention_lens_for(config.model, config.stats.attention_sub_batch),)

@@ -15,7 +15,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 from lensjax import config as config_lib
 from lensjax import parallel, perf
@@ -52,22 +51,20 @@ class Run:
   logging_step: object
   eval_fn: object
   overlap_fn: object
-  tracker_fn: object
   schedule: object
 
 
 def build(config: config_lib.Config, mesh=None) -> Run:
   """Builds source, model, optimiser, initial state and compiled steps."""
-  mesh = mesh or parallel.make_mesh()
+  mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
   source = make_source(config)
   model_plain = Transformer(config.model, collect_stats=False)
   model_stats = Transformer(config.model, collect_stats=True)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  init = jax.jit(lambda: create_state(model_plain, tx, config.model, config.data.seq_len, config.train.seed),
-                 out_shardings=replicated)
-  state = init()
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  init = lambda: create_state(model_plain, tx, config.model, config.data.seq_len, config.train.seed)
+  state_sharding = parallel.state_shardings(mesh, jax.eval_shape(init))
+  state = jax.jit(init, out_shardings=state_sharding)()
   common = dict(tx=tx, schedule=schedule, dead_window=config.stats.dead_window)
   plain = jit_train_step(state_sharding, batch_sharding, replicated, model=model_plain, **common)
   logging = jit_train_step(state_sharding, batch_sharding, replicated, model=model_stats,
@@ -75,8 +72,7 @@ def build(config: config_lib.Config, mesh=None) -> Run:
   eval_fn = jax.jit(lambda p, b: eval_step(p, b, model=model_stats, lenses=lens_lib.eval_lenses(config, source)),
                     in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
   overlap_fn = jax.jit(functools.partial(heldout_overlap, model=model_plain), out_shardings=replicated)
-  tracker_fn = jax.jit(steps_since_active, out_shardings=replicated)
-  return Run(config, source, mesh, state, plain, logging, eval_fn, overlap_fn, tracker_fn, schedule)
+  return Run(config, source, mesh, state, plain, logging, eval_fn, overlap_fn, schedule)
 
 
 def heldout_overlap(params, train_batch, heldout_batch, *, model) -> dict:
@@ -87,12 +83,6 @@ def heldout_overlap(params, train_batch, heldout_batch, *, model) -> dict:
     return {}
   return {"ffn/active_overlap_heldout": jaccard(train_aux["ffn_unit_active"], heldout_aux["ffn_unit_active"])}
 
-
-def steps_since_active(state) -> dict:
-  """Per unit, the steps since it last fired (a fresh copy: the state gets donated)."""
-  if state.unit_last_active.shape[-1] == 0:
-    return {}
-  return {"ffn/steps_since_active": (state.step - 1 - state.unit_last_active).astype(jnp.float32)}
 
 
 class _Preemption:
@@ -128,8 +118,8 @@ def _batch(run: Run, step: int, split: str = "train"):
   return parallel.shard_batch(local, run.mesh)
 
 
-def evaluate(run: Run, state, train_batch) -> tuple[dict, dict]:
-  """Held-out metrics (device arrays) and per-layer histograms after a step.
+def evaluate(run: Run, state, train_batch) -> dict:
+  """Held-out metrics after a step (device arrays).
 
   Scalars are averaged over the fixed held-out batches 0..eval_batches-1; the
   held-out overlap compares the units active on this step's training batch
@@ -139,7 +129,7 @@ def evaluate(run: Run, state, train_batch) -> tuple[dict, dict]:
   results = [run.eval_fn(state.params, b) for b in heldout]
   scalars = jax.tree.map(lambda *xs: sum(xs) / len(xs), *results)
   scalars.update(run.overlap_fn(state.params, train_batch, heldout[0]))
-  return scalars, run.tracker_fn(state)
+  return scalars
 
 
 def compile_steps(run: Run, state):
@@ -169,13 +159,15 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   if jax.process_index() == 0:
     if restored is not None:
       dropped = truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step - 1)
+      truncate_after(os.path.join(workdir, "neuron_events.jsonl"), start_step - 1)
       _log(f"resuming from the checkpoint at step {start_step} in {checkpoints.directory}"
            + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
     config_lib.save_json(config, os.path.join(workdir, "config.json"))
   perf_line = perf.describe(state.params, config.model, config.data.seq_len)
   _log(perf_line)
   logger = RunLogger(workdir, config.train.steps, start_step, config.train.batch_size * config.data.seq_len,
-                     perf.flops_per_token(state.params, config.model, config.data.seq_len), config.logging.progress)
+                     perf.flops_per_token(state.params, config.model, config.data.seq_len), config.logging.progress,
+                     config.model.num_layers)
   logger.text(start_step, "run/config", "```json\n" + json.dumps(config_lib.to_dict(config), indent=2) + "\n```")
   logger.text(start_step, "run/perf", perf_line)
 
@@ -197,8 +189,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
       if is_log:
         logger.add(step, metrics)
       if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
-        scalars, histograms = evaluate(run, state, batch)
-        logger.add(step, scalars, histograms)
+        logger.add(step, evaluate(run, state, batch))
       if (step + 1) % save_every == 0:
         checkpoints.save(step + 1, state, meta)
         saved_step = step + 1

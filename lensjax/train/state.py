@@ -19,6 +19,9 @@ class TrainState:
   opt_state: Any
   rng: jax.Array  # base key; step t uses fold_in(rng, t)
   unit_last_active: jax.Array  # int32 [L, F]: last step each FFN unit fired (-1: never)
+  dead_at_last_log: jax.Array  # bool [L, F]: the dead set at the last logging step
+  skipped_steps: jax.Array  # int32: updates skipped for a non-finite loss or gradient
+  first_bad_step: jax.Array  # int32: first step with a non-finite loss or gradient (-1: none)
 
 
 def create_state(model, tx, cfg: ModelConfig, seq_len: int, seed: int) -> TrainState:
@@ -29,4 +32,6 @@ def create_state(model, tx, cfg: ModelConfig, seq_len: int, seed: int) -> TrainS
   params = model.init(init_key, tokens_1xT)["params"]
   units = cfg.d_ff if has_ffn(cfg) else 0
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key,
-                    unit_last_active=jnp.full((cfg.num_layers, units), -1, jnp.int32))
+                    unit_last_active=jnp.full((cfg.num_layers, units), -1, jnp.int32),
+                    dead_at_last_log=jnp.zeros((cfg.num_layers, units), bool),
+                    skipped_steps=jnp.zeros((), jnp.int32), first_bad_step=jnp.full((), -1, jnp.int32))

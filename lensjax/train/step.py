@@ -8,7 +8,8 @@ lenses they are built with, so the plain step pays nothing for statistics.
 
 Metric values are scalars, or vectors [L] / matrices [L, H] that the host
 expands to `name/layer_{l}` and `name/layer_{l}/head_{h}` (see
-`lensjax.io.names.flatten_metrics`).
+`lensjax.io.names.flatten_metrics`). Per-unit arrays [L, F] are named
+`units/...`; the host turns them into histograms and neuron events.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lensjax.stats.sparsity import track_dead_units
+from lensjax.model import head_matrix
+from lensjax.stats.sparsity import dead_units, track_dead_units
+from lensjax.train.loss import masked_token_mean, token_statistics
 
 F32 = jnp.float32
 
@@ -28,7 +31,7 @@ F32 = jnp.float32
 class StepView(NamedTuple):
   """What a lens may look at; all of it already computed by the step."""
   batch: dict
-  logits: jax.Array  # float32 [B, T, V]
+  tokens: dict  # per-token float32 [B, T]: nll, and on logging steps entropy (+ target_entropy, kl)
   aux: dict  # per-layer summaries, leading axis L
   params: Any  # θ_t
   new_params: Any  # θ_{t+1}
@@ -42,41 +45,72 @@ Lens = Callable[[StepView], dict]
 
 
 def cross_entropy(logits_BxTxV, targets_BxT, mask_BxT):
-  """Mean next-token cross-entropy over real tokens, in float32."""
+  """Mean next-token cross-entropy over real tokens from explicit logits, in float32."""
   logits_BxTxV = logits_BxTxV.astype(F32)
   logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
   target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  nll_BxT = logz_BxT - target_logit_BxT
-  return jnp.sum(nll_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
+  return masked_token_mean(logz_BxT - target_logit_BxT, mask_BxT)
 
 
 def loss_and_outputs(params, batch, model, dropout_key, deterministic: bool):
-  logits, aux = model.apply({"params": params}, batch["inputs"], batch["mask"], deterministic=deterministic,
-                            rngs={"dropout": dropout_key})
-  return cross_entropy(logits, batch["targets"], batch["mask"]), (logits, aux)
+  """Loss, per-token statistics and aux. The logging variant (collect_stats) adds the entropies."""
+  h_BxTxD, aux = model.apply({"params": params}, batch["inputs"], batch["mask"], deterministic=deterministic,
+                             rngs={"dropout": dropout_key}, return_hidden=True)
+  tokens = token_statistics(h_BxTxD, head_matrix(params, model.cfg), batch["targets"], model.cfg.vocab_size,
+                            target_probs_BxTxV=batch.get("target_probs") if model.collect_stats else None,
+                            with_entropy=model.collect_stats)
+  return masked_token_mean(tokens["nll"], batch["mask"]), (tokens, aux)
 
 
-def train_step(state, batch, *, model, tx, schedule, dead_window: int, lenses: Sequence[Lens] = ()):
+def _select(keep_new, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+
+
+def train_step(state, batch, *, model, tx, schedule, dead_window: int, lenses: Sequence[Lens] = (),
+               nan_policy: str = "halt"):
   deterministic = model.cfg.dropout == 0.0
   dropout_key = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(loss_and_outputs, has_aux=True)
-  (loss, (logits, aux)), grads = grad_fn(state.params, batch, model, dropout_key, deterministic)
+  (loss, (tokens, aux)), grads = grad_fn(state.params, batch, model, dropout_key, deterministic)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  # A non-finite step changes nothing; under `halt` neither does any later one,
+  # so the host finds the last good state when it notices and stops.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  apply = finite & ((state.first_bad_step < 0) | (nan_policy == "skip"))
+  params, opt_state = _select(apply, (optax.apply_updates(state.params, updates), opt_state),
+                              (state.params, state.opt_state))
   last_active, metrics = track_dead_units(state.unit_last_active, aux.get("ffn_unit_active"), state.step, dead_window)
-  metrics.update({"train/loss": loss, "train/grad_norm": optax.global_norm(grads), "train/lr": schedule(state.step)})
-  view = StepView(batch, logits, aux, state.params, params, grads, updates, opt_state, state.step)
+  skipped = state.skipped_steps + (~finite).astype(jnp.int32)
+  metrics.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": schedule(state.step),
+                  "train/skipped_steps": skipped})
+  view = StepView(batch, tokens, aux, state.params, params, grads, updates, opt_state, state.step)
   for lens in lenses:
     metrics.update(lens(view))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, unit_last_active=last_active)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, unit_last_active=last_active,
+                            skipped_steps=skipped,
+                            first_bad_step=jnp.where((state.first_bad_step < 0) & ~finite, state.step,
+                                                     state.first_bad_step))
+  if model.collect_stats and last_active.shape[-1]:
+    new_state, units = neuron_events(new_state, view, dead_window)
+    metrics.update(units)
   return new_state, metrics
+
+
+def neuron_events(state, view, dead_window: int):
+  """Units that entered or left the dead set since the last logging step, with their context."""
+  dead_LxF = dead_units(state.unit_last_active, state.step - 1, dead_window)
+  units = {"units/died": dead_LxF & ~state.dead_at_last_log, "units/revived": ~dead_LxF & state.dead_at_last_log,
+           "units/frequency": view.aux["ffn_unit_frequency"],
+           "units/steps_since_active": (state.step - 1 - state.unit_last_active).astype(F32)}
+  return state.replace(dead_at_last_log=dead_LxF), units
 
 
 def eval_step(params, batch, *, model, lenses: Sequence[Lens] = ()):
   """Held-out loss (and held-out lenses) for one batch, without an update."""
-  loss, (logits, aux) = loss_and_outputs(params, batch, model, jax.random.PRNGKey(0), True)
+  loss, (tokens, aux) = loss_and_outputs(params, batch, model, jax.random.PRNGKey(0), True)
   metrics = {"eval/loss": loss}
-  view = StepView(batch, logits, aux, params, params, None, None, None, jnp.zeros((), jnp.int32))
+  view = StepView(batch, tokens, aux, params, params, None, None, None, jnp.zeros((), jnp.int32))
   for lens in lenses:
     metrics.update(lens(view))
   return metrics
