@@ -1,7 +1,8 @@
 """`lensjax <command>`: the command-line entry point.
 
 Exit codes: 0 success; 2 bad input (config, arguments, data, checkpoint), with
-the reason on stderr; anything else non-zero is a bug or a crash.
+the reason on stderr; 3 training halted on a non-finite loss or gradient;
+anything else non-zero is a bug or a crash.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lensjax.errors import InputError
+from lensjax.errors import InputError, TrainingHalted
 
 
 def _train(args, extra: list[str]) -> int:
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
   except InputError as e:
     print(f"lensjax: error: {e}", file=sys.stderr)
     return 2
+  except TrainingHalted as e:
+    print(f"lensjax: halted: {e}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

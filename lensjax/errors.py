@@ -8,3 +8,7 @@ data files, a checkpoint that does not fit the model.
 
 class InputError(Exception):
   """Bad input from the user (config, arguments, data, checkpoint)."""
+
+
+class TrainingHalted(Exception):
+  """Training stopped on a non-finite loss or gradient (policy `halt`); exit code 3."""

@@ -48,7 +48,9 @@ def format_record(step: int, metrics: Mapping[str, float]) -> str:
   if "step" in metrics:
     raise ValueError("'step' is the step number, not a metric name")
   record = {"step": int(step)}
-  record.update((name, float(value)) for name, value in metrics.items())
+  # Numbers become floats; strings and Python ints (an event's kind, a unit's index) stay as they are.
+  keep = lambda v: isinstance(v, str) or (type(v) is int)
+  record.update((name, value if keep(value) else float(value)) for name, value in metrics.items())
   return json.dumps(record) + "\n"
 
 

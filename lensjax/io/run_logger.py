@@ -79,11 +79,15 @@ class RunLogger:
     for name, value in metrics.items():
       (units if name.startswith("units/") else scalars)[name] = value
 
-  def flush(self) -> None:
+  def flush(self) -> float:
+    """Fetches and writes the queued records; returns the largest `train/skipped_steps` seen."""
+    skipped = 0.0
     for step in sorted(self._pending):
       scalars, units = jax.device_get(self._pending[step])
+      skipped = max(skipped, float(scalars.get("train/skipped_steps", 0.0)))
       self._write(step, scalars, units)
     self._pending.clear()
+    return skipped
 
   def _write(self, step: int, raw: dict, units: dict) -> None:
     metrics = flatten_metrics(raw)
@@ -118,7 +122,7 @@ class RunLogger:
       self.writer.text(step, tag, text)
 
   def close(self) -> None:
-    self.flush()
+    self._pending.clear()
     self.progress.close()
     if self.is_writer:
       self.writer.close()

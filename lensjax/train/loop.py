@@ -19,6 +19,7 @@ import jax
 from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.data.factory import make_source
+from lensjax.errors import TrainingHalted
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.metrics_log import truncate_after
 from lensjax.io.run_logger import RunLogger
@@ -83,6 +84,20 @@ def heldout_overlap(params, train_batch, heldout_batch, *, model) -> dict:
     return {}
   return {"ffn/active_overlap_heldout": jaccard(train_aux["ffn_unit_active"], heldout_aux["ffn_unit_active"])}
 
+
+
+def halt_message(run: Run, state, checkpoints: Checkpoints) -> str:
+  checkpoints.wait()
+  bad = int(jax.device_get(state.first_bad_step))
+  d = run.config.data
+  where = f"batch of step {bad} (data.source={d.source}, data.seed={d.seed}, rows 0..{run.config.train.batch_size - 1}"
+  if hasattr(run.source, "window_starts"):
+    starts = run.source.window_starts(bad, run.config.train.batch_size, "train")
+    where += f", token offsets {', '.join(map(str, starts[:8]))}{', ...' if len(starts) > 8 else ''}"
+  last = checkpoints.latest_step()
+  return (f"non-finite loss or gradient at step {bad}, on the {where}); nothing after it was saved and the last "
+          f"good checkpoint is {'step ' + str(last) if last is not None else 'none'}. Lower optim.lr or "
+          "optim.clip_norm, or pass --config.train.nan_policy=skip to skip such steps.")
 
 
 class _Preemption:
@@ -174,6 +189,12 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   total = config.train.steps
   log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
   meta = {"config": config_lib.to_dict(config)}
+  halting = config.train.nan_policy == "halt"
+
+  def check_finite(skipped: float) -> None:
+    if halting and skipped > 0:
+      raise TrainingHalted(halt_message(run, state, checkpoints))
+
   saved_step = start_step
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
@@ -185,17 +206,20 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
       is_log = step % log_every == 0 or step == total - 1
       batch = _batch(run, step)
       state, metrics = (logging_step if is_log else plain_step)(state, batch)
-      logger.flush()  # the previous records, now that this step is queued
+      check_finite(logger.flush())  # the previous records, now that this step is queued
       if is_log:
         logger.add(step, metrics)
       if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
         logger.add(step, evaluate(run, state, batch))
       if (step + 1) % save_every == 0:
+        check_finite(float(state.skipped_steps))  # never save a state past a non-finite step
         checkpoints.save(step + 1, state, meta)
         saved_step = step + 1
+  check_finite(logger.flush())
   logger.close()
   final_step = int(jax.device_get(state.step))
   if final_step != saved_step:
+    check_finite(float(state.skipped_steps))
     checkpoints.save(final_step, state, meta)
   checkpoints.close()
   _log(f"done at step {final_step}; run directory {workdir}")
