@@ -62,3 +62,13 @@ def perf_metrics(step_time_s: float, tokens_per_step: int, flops_token: float) -
   if peak:
     metrics["perf/mfu"] = tflops_per_device / peak
   return metrics
+
+
+def memory_summary(compiled) -> str:
+  """XLA's own account of a compiled step's device memory, or '' where it gives none."""
+  try:
+    m = compiled.memory_analysis()
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  except Exception:  # some backends have no memory analysis
+    return ""
+  return f"; device memory {total / 2**30:.2f} GiB (temporaries {m.temp_size_in_bytes / 2**30:.2f} GiB)"

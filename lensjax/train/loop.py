@@ -154,7 +154,7 @@ def compile_steps(run: Run, state):
   for name, fn in (("plain", run.plain_step), ("logging", run.logging_step)):
     start = time.perf_counter()
     compiled.append(fn.lower(state, batch).compile())
-    _log(f"compiled the {name} step in {time.perf_counter() - start:.1f} s")
+    _log(f"compiled the {name} step in {time.perf_counter() - start:.1f} s{perf.memory_summary(compiled[-1])}")
   return compiled
 
 
