@@ -8,25 +8,36 @@ any laptop.
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+NUM_DEVICES = 8
+_other_flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = f"{_other_flags.strip()} --xla_force_host_platform_device_count={NUM_DEVICES}".strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# A compilation cache shared by this session and its subprocesses: the train
+# tests build the same tiny step many times (straight, resumed, in a CLI
+# subprocess), and each compile of it costs seconds on a small CPU.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lensjax-tests-jit-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
 from lensjax.config import Config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_DEVICES = 8
 
 
 def make_tiny_config(**overrides) -> Config:
-  """A model that compiles and steps in well under a second on one CPU core.
+  """A config whose step takes milliseconds on CPU (compiling it still takes seconds).
 
   `overrides` are dotted keys with Python values, e.g. `**{"train.steps": 20}`.
   """
@@ -42,7 +53,7 @@ def make_tiny_config(**overrides) -> Config:
   config.logging.progress = "none"
   config.checkpoint.save_every = 100
   config.checkpoint.keep = 3
-  # Synchronous saves: the tests read checkpoints right after train() returns.
+  # Synchronous saves: fewer threads to reason about when a test fails.
   config.checkpoint.async_save = False
   config.stats.dead_window = 3
   for key, value in overrides.items():
@@ -64,9 +75,10 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def popen_cli(*args: str, **kwargs) -> subprocess.Popen:
-  """Starts `python -m lensjax ARGS...` in the background (for signal tests)."""
-  return subprocess.Popen([sys.executable, "-m", "lensjax", *args], cwd=REPO, env=dict(os.environ),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+  """Starts `python -m lensjax ARGS...` in the background; output piped unless `kwargs` say otherwise."""
+  options = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  options.update(kwargs)
+  return subprocess.Popen([sys.executable, "-m", "lensjax", *args], cwd=REPO, env=dict(os.environ), **options)
 
 
 def write_config_file(path, config: Config) -> str:
@@ -78,8 +90,3 @@ def write_config_file(path, config: Config) -> str:
     f.write("from lensjax.config import load_json\n\n\n"
             f"def get_config():\n  return load_json({json_path!r})\n")
   return str(path)
-
-
-@pytest.fixture
-def tiny_config_file(tmp_path, tiny_config) -> str:
-  return write_config_file(tmp_path / "tiny.py", tiny_config)
