@@ -336,6 +336,25 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
     _check(os.path.isfile(d.path), f"data file {d.path!r} (data.path) does not exist; pass an existing file.")
 
 
+# Keys that fix the shapes or the meaning of the saved state; the rest (steps,
+# logging and checkpoint intervals, learning rate, ...) may change on resume.
+RESUME_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+                    if f.name not in ("dropout", "attention", "remat", "dtype")) + (
+                        "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed")
+
+
+def resume_conflicts(saved: dict, config: Config) -> list[str]:
+  """The RESUME_KEYS whose value in a checkpoint's config differs from `config`'s."""
+  current = to_dict(config)
+  conflicts = []
+  for key in RESUME_KEYS:
+    section, name = key.split(".")
+    old, new = saved.get(section, {}).get(name), current[section][name]
+    if old is not None and old != new:
+      conflicts.append(f"{key} (checkpoint {old!r}, config {new!r})")
+  return conflicts
+
+
 def resolve(config: Config, platform: str) -> Config:
   """Fills the values that depend on the data or the machine (written to config.json)."""
   config = from_dict(to_dict(config))

@@ -65,6 +65,21 @@ class Checkpoints:
                        "remove the directory to start afresh.")
     return None, None
 
+  def check_compatible(self, config) -> None:
+    """Raises InputError when the newest checkpoint was written under an incompatible config."""
+    from lensjax.config import resume_conflicts
+    step = self.latest_step()
+    if step is None:
+      return
+    try:
+      saved = self.read_meta(step).get("config", {})
+    except Exception:  # unreadable metadata: restore_latest_valid reports it
+      return
+    conflicts = resume_conflicts(saved, config)
+    if conflicts:
+      raise InputError(f"the checkpoints in {self.directory} come from a different model or setup: "
+                       f"{'; '.join(conflicts)}; use a new --workdir, or the checkpoint's values to resume.")
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

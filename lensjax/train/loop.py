@@ -166,8 +166,9 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   """
   config = prepare(config)
   os.makedirs(workdir, exist_ok=True)
-  run = build(config)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save)
+  checkpoints.check_compatible(config)
+  run = build(config)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0

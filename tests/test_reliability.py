@@ -1,0 +1,118 @@
+"""Non-finite steps, incompatible resumes, FSDP sharding, and the two step variants."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config, run_cli, write_config_file
+from lensjax import config as config_lib
+from lensjax import parallel
+from lensjax.errors import InputError, TrainingHalted
+from lensjax.io.run_logger import neuron_events
+from lensjax.train import loop
+
+
+def host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def explosive_config(**overrides):
+  """A learning rate that drives the loss to inf/NaN within a few steps."""
+  return make_tiny_config(**{"optim.lr": 1e4, "optim.clip_norm": 0.0, "optim.warmup_steps": 0, "train.steps": 12,
+                             "checkpoint.save_every": 1, **overrides})
+
+
+def test_halt_keeps_the_last_good_checkpoint_and_names_the_step(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(TrainingHalted, match=r"non-finite loss or gradient at step \d+") as info:
+    loop.train(explosive_config(), workdir)
+  bad_step = int(str(info.value).split("at step ")[1].split(",")[0])
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps and max(steps) <= bad_step, (steps, bad_step)
+  assert f"step {max(steps)}" in str(info.value)
+
+
+def test_halt_exits_3_on_the_command_line(tmp_path):
+  config_file = write_config_file(tmp_path / "explosive.py", explosive_config())
+  result = run_cli("train", "--config", str(config_file), "--workdir", str(tmp_path / "run"))
+  assert result.returncode == 3, result.stderr
+  assert "non-finite loss or gradient" in result.stderr and "nan_policy=skip" in result.stderr
+
+
+def test_skip_counts_the_skipped_steps_and_keeps_parameters_finite(tmp_path):
+  state = loop.train(explosive_config(**{"train.nan_policy": "skip"}), str(tmp_path / "run"))
+  skipped = int(state.skipped_steps)
+  assert skipped > 0
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(host(state.params)))
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert records[-1]["train/skipped_steps"] == skipped
+
+
+def test_resume_with_another_model_shape_exits_2_naming_the_keys(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train(make_tiny_config(**{"train.steps": 2}), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(InputError, match=r"model\.d_model \(checkpoint 32, config 64\)"):
+    loop.train(make_tiny_config(**{"train.steps": 4, "model.d_model": 64}), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_resume_accepts_harmless_changes(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train(make_tiny_config(**{"train.steps": 2}), workdir)
+  state = loop.train(make_tiny_config(**{"train.steps": 4, "logging.log_every": 1, "checkpoint.save_every": 3}),
+                     workdir)
+  assert int(state.step) == 4
+
+
+def test_resume_conflicts_lists_every_differing_key():
+  saved = config_lib.to_dict(make_tiny_config())
+  changed = make_tiny_config(**{"model.num_layers": 3, "data.vocab_size": 9, "train.steps": 99})
+  conflicts = config_lib.resume_conflicts(saved, changed)
+  assert [c.split(" ")[0] for c in conflicts] == ["model.num_layers", "data.vocab_size"]
+
+
+def test_fsdp_over_eight_devices_matches_one_device():
+  config = loop.prepare(make_tiny_config(**{"parallel.fsdp": 4}))
+  one = loop.build(config, mesh=parallel.make_mesh(jax.devices()[:1]))
+  sharded = loop.build(config, mesh=parallel.make_mesh(jax.devices(), fsdp=4))
+  kernel = sharded.state.params["layer_0"]["ffn"]["up"]["kernel"]
+  assert len(kernel.sharding.device_set) == 8 and kernel.addressable_shards[0].data.shape[1] == 64 // 4
+  states = []
+  for run in (one, sharded):
+    state = run.state
+    for step in range(3):
+      state, metrics = run.plain_step(state, loop._batch(run, step))
+    states.append((host(state.params), float(metrics["train/loss"])))
+  assert states[0][1] == pytest.approx(states[1][1], rel=1e-5)
+  for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(states[1][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5)
+
+
+def test_plain_and_logging_steps_make_the_same_update_bit_for_bit():
+  run = loop.build(loop.prepare(make_tiny_config()))
+  batch = loop._batch(run, 0)
+  copy = lambda: jax.tree.map(lambda x: x.copy(), run.state)
+  plain, _ = run.plain_step(copy(), batch)
+  logging, metrics = run.logging_step(copy(), batch)
+  for a, b in zip(jax.tree.leaves(host(plain.params)), jax.tree.leaves(host(logging.params))):
+    assert np.array_equal(a, b)
+  assert "entropy/model_token" in metrics and "entropy/model_token" not in run.plain_step(copy(), batch)[1]
+
+
+def test_neuron_events_list_each_unit_that_died_or_revived():
+  died = np.zeros((2, 4), bool)
+  died[1, 2] = True
+  revived = np.zeros((2, 4), bool)
+  revived[0, 0] = revived[0, 3] = True
+  units = {"units/died": died, "units/revived": revived, "units/frequency": np.arange(8.0).reshape(2, 4) / 10,
+           "units/adam_v": np.full((2, 4), 2.0)}
+  events = neuron_events(40, units)
+  assert [(e["layer"], e["unit"], e["event"]) for e in events] == [(1, 2, "died"), (0, 0, "revived"),
+                                                                   (0, 3, "revived")]
+  assert events[0]["frequency"] == pytest.approx(0.6) and events[0]["adam_v"] == 2.0 and events[0]["step"] == 40
