@@ -24,6 +24,17 @@ def _train(args, extra: list[str]) -> int:
   return 0
 
 
+def _load_config(args, extra: list[str]):
+  from lensjax import config as config_lib
+  config = config_lib.load_config_file(args.config)
+  return config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
+
+
+def _bench(args, extra: list[str]) -> int:
+  from lensjax import bench
+  return bench.main(_load_config(args, extra), args.json, args.steps)
+
+
 def parser() -> argparse.ArgumentParser:
   top = argparse.ArgumentParser(prog="lensjax", description=__doc__.splitlines()[0])
   commands = top.add_subparsers(dest="command", required=True)
@@ -32,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
   train.add_argument("--config", required=True, help="a config file such as configs/quickstart.py")
   train.add_argument("--workdir", required=True, help="the run directory")
   train.set_defaults(handler=_train)
+  bench = commands.add_parser("bench", help="compile and time the train steps of a config on this device",
+                              epilog="Override any config value with --config.SECTION.KEY=VALUE.")
+  bench.add_argument("--config", required=True, help="a config file such as configs/gpt2_small.py")
+  bench.add_argument("--steps", type=int, default=20, help="timed calls per row (after 3 warm-up calls)")
+  bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+  bench.set_defaults(handler=_bench)
   return top
 
 

@@ -90,6 +90,7 @@ class TrainConfig:
 class StatsConfig:
   dead_window: int = 100  # a unit is dead after this many steps without activity
   attention_sub_batch: int = 8  # rows for attention statistics when attention=cudnn
+  probe_tokens: int = 0  # >0: FFN/attention statistics on a fixed held-out probe batch of this many tokens
 
 
 @dataclasses.dataclass
@@ -301,7 +302,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
   for key, value in positive.items():
     _check(value > 0, f"config key {key} is {value}; it must be positive.")
   nonnegative = {"model.vocab_size": m.vocab_size, "data.num_sequences": d.num_sequences,
-                 "optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+                 "optim.warmup_steps": o.warmup_steps, "stats.probe_tokens": config.stats.probe_tokens, "optim.weight_decay": o.weight_decay,
                  "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every}
   for key, value in nonnegative.items():
     _check(value >= 0, f"config key {key} is {value}; it must be zero or positive.")

@@ -64,11 +64,16 @@ def perf_metrics(step_time_s: float, tokens_per_step: int, flops_token: float) -
   return metrics
 
 
-def memory_summary(compiled) -> str:
-  """XLA's own account of a compiled step's device memory, or '' where it gives none."""
+def memory_gib(compiled) -> float | None:
+  """XLA's own account of a compiled program's device memory (arguments, outputs, temporaries)."""
   try:
     m = compiled.memory_analysis()
     total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   except Exception:  # some backends have no memory analysis
-    return ""
-  return f"; device memory {total / 2**30:.2f} GiB (temporaries {m.temp_size_in_bytes / 2**30:.2f} GiB)"
+    return None
+  return total / 2**30
+
+
+def memory_summary(compiled) -> str:
+  gib = memory_gib(compiled)
+  return "" if gib is None else f"; device memory {gib:.2f} GiB"

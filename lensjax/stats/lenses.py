@@ -21,6 +21,12 @@ def eval_lenses(config: Config, source) -> tuple:
   return (sparsity.eval_activity_lens, attention.eval_attention_lens, entropy.eval_token_entropy_lens)
 
 
+def probe_lenses(config: Config, source) -> tuple:
+  """Activity and attention statistics of the fixed probe batch, under `probe/` names."""
+  rename = lambda lens: lambda view: {"probe/" + k: v for k, v in lens(view).items()}
+  return (rename(sparsity.activity_lens), rename(attention.attention_lens))
+
+
 def _cudnn_attention(config: Config) -> tuple:
   if config.model.attention != "cudnn":
     return ()

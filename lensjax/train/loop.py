@@ -52,6 +52,7 @@ class Run:
   logging_step: object
   eval_fn: object
   overlap_fn: object
+  probe_fn: object
   schedule: object
 
 
@@ -73,7 +74,10 @@ def build(config: config_lib.Config, mesh=None) -> Run:
   eval_fn = jax.jit(lambda p, b: eval_step(p, b, model=model_stats, lenses=lens_lib.eval_lenses(config, source)),
                     in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
   overlap_fn = jax.jit(functools.partial(heldout_overlap, model=model_plain), out_shardings=replicated)
-  return Run(config, source, mesh, state, plain, logging, eval_fn, overlap_fn, schedule)
+  probe_fn = jax.jit(lambda p, b: eval_step(p, b, model=model_stats, lenses=lens_lib.probe_lenses(config, source),
+                                           loss_name="probe/loss"),
+                     in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
+  return Run(config, source, mesh, state, plain, logging, eval_fn, overlap_fn, probe_fn, schedule)
 
 
 def heldout_overlap(params, train_batch, heldout_batch, *, model) -> dict:
@@ -147,6 +151,25 @@ def evaluate(run: Run, state, train_batch) -> dict:
   return scalars
 
 
+# The probe batch is held-out batch number PROBE_INDEX, far from the evaluation batches 0, 1, ...
+PROBE_INDEX = 1_000_003
+
+
+def probe_batch(run: Run):
+  """A fixed held-out batch of about `stats.probe_tokens` tokens, or None.
+
+  Its rows are rounded up to a multiple of the device count, so that it shards.
+  """
+  tokens = run.config.stats.probe_tokens
+  if not tokens:
+    return None
+  multiple = jax.device_count()
+  rows = -(-max(tokens // run.config.data.seq_len, 1) // multiple) * multiple
+  local = run.source.batch(PROBE_INDEX, rows, split="heldout", process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  return parallel.shard_batch(local, run.mesh)
+
+
 def compile_steps(run: Run, state):
   """Compiles both step variants ahead of time, so that no step of the loop compiles."""
   batch = _batch(run, 0)
@@ -197,6 +220,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
       raise TrainingHalted(halt_message(run, state, checkpoints))
 
   saved_step = start_step
+  probe = probe_batch(run)
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
   with _Preemption() as preemption:
@@ -210,6 +234,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
       check_finite(logger.flush())  # the previous records, now that this step is queued
       if is_log:
         logger.add(step, metrics)
+        if probe is not None:
+          logger.add(step, run.probe_fn(state.params, probe))
       if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
         logger.add(step, evaluate(run, state, batch))
       if (step + 1) % save_every == 0:

@@ -111,10 +111,10 @@ def neuron_events(state, view, dead_window: int):
   return state.replace(dead_at_last_log=dead_LxF), units
 
 
-def eval_step(params, batch, *, model, lenses: Sequence[Lens] = ()):
+def eval_step(params, batch, *, model, lenses: Sequence[Lens] = (), loss_name: str = "eval/loss"):
   """Held-out loss (and held-out lenses) for one batch, without an update."""
   loss, (tokens, aux) = loss_and_outputs(params, batch, model, jax.random.PRNGKey(0), True)
-  metrics = {"eval/loss": loss}
+  metrics = {loss_name: loss}
   view = StepView(batch, tokens, aux, params, params, None, None, None, jnp.zeros((), jnp.int32))
   for lens in lenses:
     metrics.update(lens(view))
