@@ -96,7 +96,8 @@ class StatsConfig:
 @dataclasses.dataclass
 class CheckpointConfig:
   save_every: int = 100
-  keep: int = 3
+  keep: int = 3  # the newest checkpoints kept
+  keep_every: int = 0  # >0: also keep every checkpoint whose step is a multiple of this (history for replay)
   async_save: bool = True
 
 
@@ -302,7 +303,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
   for key, value in positive.items():
     _check(value > 0, f"config key {key} is {value}; it must be positive.")
   nonnegative = {"model.vocab_size": m.vocab_size, "data.num_sequences": d.num_sequences,
-                 "optim.warmup_steps": o.warmup_steps, "stats.probe_tokens": config.stats.probe_tokens, "optim.weight_decay": o.weight_decay,
+                 "optim.warmup_steps": o.warmup_steps, "checkpoint.keep_every": config.checkpoint.keep_every, "stats.probe_tokens": config.stats.probe_tokens, "optim.weight_decay": o.weight_decay,
                  "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every}
   for key, value in nonnegative.items():
     _check(value >= 0, f"config key {key} is {value}; it must be zero or positive.")

@@ -36,7 +36,7 @@ def sub_batch_attention_lens_for(cfg: ModelConfig, rows: int):
 
   def lens(view) -> dict:
     inputs, mask = view.batch["inputs"][:rows], view.batch["mask"][:rows]
-    _, aux = explicit.apply({"params": jax.lax.stop_gradient(view.params)}, inputs, mask)
+    _, aux = explicit.apply({"params": jax.lax.stop_gradient(view.params)}, inputs, mask, return_hidden=True)
     return {name: aux[key] for key, name in _NAMES.items() if key in aux and key != "attn_bypass"}
 
   return lens

@@ -189,7 +189,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   """
   config = prepare(config)
   os.makedirs(workdir, exist_ok=True)
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save,
+                            config.checkpoint.keep_every)
   checkpoints.check_compatible(config)
   run = build(config)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))

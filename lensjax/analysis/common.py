@@ -1,0 +1,81 @@
+"""What every offline analysis shares: loading a run's checkpoint, reporting results.
+
+`lensjax <analysis> --workdir DIR [--step N] [--json]` loads the resolved
+config from DIR/config.json and the train state of checkpoint N (default: the
+newest readable one), prints a human summary (or one JSON object with
+--json), and logs its scalars to the run's TensorBoard under METRICS.md names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+
+from lensjax import config as config_lib
+from lensjax.errors import InputError
+from lensjax.io.checkpoints import Checkpoints, abstract_like
+from lensjax.io.tensorboard import SummaryWriter
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  workdir: str
+  config: config_lib.Config
+  run: object  # lensjax.train.loop.Run: source, mesh, compiled steps, schedule
+  state: object  # the restored TrainState
+  step: int
+
+  @property
+  def params(self):
+    return self.state.params
+
+
+def load_run(workdir: str, step: int | None = None) -> LoadedRun:
+  """Restores checkpoint `step` (default: newest readable) of a run directory."""
+  from lensjax.train import loop  # heavy import, only when an analysis runs
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise InputError(f"{workdir!r} holds no config.json; pass the --workdir of a lensjax train run.")
+  config = loop.prepare(config_lib.load_json(config_path))
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False)
+  try:
+    steps = checkpoints.steps()
+    if not steps:
+      raise InputError(f"{workdir!r} holds no checkpoint; train it first (lensjax train --workdir {workdir}).")
+    run = loop.build(config)
+    abstract = abstract_like(run.state)
+    if step is None:
+      step, state = checkpoints.restore_latest_valid(abstract)
+    elif step not in steps:
+      raise InputError(f"{workdir!r} has no checkpoint at step {step}; it has steps {steps}.")
+    else:
+      state = checkpoints.restore(step, abstract)
+  finally:
+    checkpoints.close()
+  return LoadedRun(workdir, config, run, state, int(step))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="a run directory written by lensjax train")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+  parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+
+
+def report(loaded: LoadedRun, results: dict, summary: str, as_json: bool, scalars: dict | None = None) -> None:
+  """Prints the summary or the JSON object, and logs `scalars` (default: the numeric results) to TensorBoard."""
+  if scalars is None:
+    scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  if jax.process_index() == 0 and scalars:
+    writer = SummaryWriter(os.path.join(loaded.workdir, "tb"))
+    writer.scalars(loaded.step, scalars)
+    writer.close()
+  if as_json:
+    print(json.dumps({"step": loaded.step, **results}, default=float))
+  else:
+    print(summary)
+  sys.stdout.flush()
