@@ -35,6 +35,15 @@ def _bench(args, extra: list[str]) -> int:
   return bench.main(_load_config(args, extra), args.json, args.steps)
 
 
+def _report(args, extra: list[str]) -> int:
+  from lensjax.report import build
+  if extra:
+    raise InputError(f"lensjax report takes no {' '.join(extra)}; pass RUN_DIR [RUN_DIR ...] --out OUT_DIR [--last N].")
+  index = build.build_report(args.run_dirs, args.out, args.last)
+  print(f"report written to {index}")
+  return 0
+
+
 def parser() -> argparse.ArgumentParser:
   top = argparse.ArgumentParser(prog="lensjax", description=__doc__.splitlines()[0])
   commands = top.add_subparsers(dest="command", required=True)
@@ -43,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
   train.add_argument("--config", required=True, help="a config file such as configs/quickstart.py")
   train.add_argument("--workdir", required=True, help="the run directory")
   train.set_defaults(handler=_train)
+  report = commands.add_parser("report", help="figures and an index.md summary page from one or more run directories")
+  report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory (the --workdir of `train`)")
+  report.add_argument("--out", required=True, help="the folder that receives index.md and the PNG figures")
+  report.add_argument("--last", type=int, default=5, metavar="N",
+                      help="average per-layer statistics over the last N logged steps (default 5)")
+  report.set_defaults(handler=_report)
   bench = commands.add_parser("bench", help="compile and time the train steps of a config on this device",
                               epilog="Override any config value with --config.SECTION.KEY=VALUE.")
   bench.add_argument("--config", required=True, help="a config file such as configs/gpt2_small.py")

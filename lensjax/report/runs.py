@@ -1,0 +1,211 @@
+"""A run directory read back into memory, and the series the report draws.
+
+A run directory holds `config.json`, `metrics.jsonl` and, when units died or
+revived, `neuron_events.jsonl` (formats in lensjax/io). Everything here is a
+pure function of what was read, so figures and tables can be tested on
+hand-written records without training anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+from lensjax.errors import InputError
+from lensjax.io.metrics_log import read_metrics
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+EVENTS_FILE = "neuron_events.jsonl"
+
+_LAYER_SUFFIX = re.compile(r"/layer_(\d+)$")
+_HEAD_SUFFIX = re.compile(r"/layer_(\d+)/head_(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run directory: its name (the directory's basename) and what it logged."""
+  name: str
+  path: str
+  config: dict
+  records: list[dict]
+  events: list[dict]
+
+  @functools.cached_property
+  def names(self) -> frozenset[str]:
+    """Every metric name the run logged; computed once, since long runs have many records."""
+    return frozenset(metric_names(self.records))
+
+  @property
+  def num_layers(self) -> int:
+    """Layers from the config; from the metric names when the config is missing."""
+    configured = self.config.get("model", {}).get("num_layers")
+    if isinstance(configured, int) and configured > 0:
+      return configured
+    layers = [int(m.group(1)) for name in self.names if (m := _LAYER_SUFFIX.search(name))]
+    return max(layers) + 1 if layers else 0
+
+
+def load_run(path: str) -> Run:
+  """Reads a run directory; raises InputError naming the path and what is missing."""
+  if not os.path.exists(path):
+    raise InputError(f"run directory {path} does not exist; pass the --workdir of a `lensjax train` run.")
+  if not os.path.isdir(path):
+    raise InputError(f"{path} is not a directory; pass the --workdir of a `lensjax train` run.")
+  metrics_path = os.path.join(path, METRICS_FILE)
+  if not os.path.isfile(metrics_path):
+    raise InputError(f"{path} has no {METRICS_FILE}, so it is not a lensjax run directory (or the run logged nothing "
+                     "yet); pass the --workdir of a `lensjax train` run.")
+  records = _valid_records(metrics_path, read_metrics(metrics_path))
+  if not records:
+    raise InputError(f"{metrics_path} holds no complete record yet; wait for the run's first logging step.")
+  events_path = os.path.join(path, EVENTS_FILE)
+  events = read_metrics(events_path) if os.path.isfile(events_path) else []
+  name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+  return Run(name=name, path=path, config=_read_config(path), records=records, events=events)
+
+
+def _read_config(path: str) -> dict:
+  # A run without config.json still has metrics worth drawing; the tables then show "?".
+  config_path = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    return {}
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+  except ValueError as e:
+    raise InputError(f"{config_path} is not valid JSON ({e}); restore it from the run or delete it.") from None
+  if not isinstance(config, dict):
+    raise InputError(f"{config_path} is not a JSON object; restore it from the run or delete it.")
+  return config
+
+
+def _valid_records(path: str, records: list[dict]) -> list[dict]:
+  for number, record in enumerate(records, start=1):
+    if not isinstance(record.get("step"), int):
+      raise InputError(f"{path} record {number} has no integer 'step'; fix or delete that line.")
+  return records
+
+
+# --------------------------------------------------------------------------
+# Series.
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_names(records: list[dict]) -> set[str]:
+  """Every numeric metric name that appears in at least one record."""
+  return {name for record in records for name, value in record.items() if name != "step" and _is_number(value)}
+
+
+def has_metric(run: Run, name: str) -> bool:
+  return name in run.names
+
+
+def series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of `name`, sorted by step; a step logged twice keeps its later value."""
+  by_step = {r["step"]: float(r[name]) for r in records if _is_number(r.get(name))}
+  steps = np.array(sorted(by_step), dtype=np.int64)
+  return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
+
+
+def family_layers(names: Iterable[str], family: str) -> int:
+  """How many layers `family/layer_{l}` covers among `names` (1 + the largest l seen), 0 when absent."""
+  prefix = family + "/layer_"
+  layers = [int(name[len(prefix):]) for name in names if name.startswith(prefix) and name[len(prefix):].isdigit()]
+  return max(layers) + 1 if layers else 0
+
+
+def has_family(run: Run, family: str) -> bool:
+  return family_layers(run.names, family) > 0
+
+
+def layer_family(records: list[dict], family: str, num_layers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(steps [S], values [L, S]) of `family/layer_{l}`, NaN where a layer was not logged at a step."""
+  num_layers = family_layers(metric_names(records), family) if num_layers is None else num_layers
+  per_layer = [series(records, f"{family}/layer_{l}") for l in range(num_layers)]
+  steps = np.unique(np.concatenate([s for s, _ in per_layer])) if per_layer else np.zeros(0, np.int64)
+  values = np.full((num_layers, steps.size), np.nan)
+  for layer, (layer_steps, layer_values) in enumerate(per_layer):
+    values[layer, np.searchsorted(steps, layer_steps)] = layer_values
+  return steps, values
+
+
+def head_family(records: list[dict], family: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps [S], values [L, H, S]) of `family/layer_{l}/head_{h}`, NaN where missing."""
+  indices = [tuple(int(g) for g in m.groups()) for name in metric_names(records)
+             if name.startswith(family + "/") and (m := _HEAD_SUFFIX.search(name))
+             and name[:m.start()] == family]
+  if not indices:
+    return np.zeros(0, np.int64), np.zeros((0, 0, 0))
+  num_layers, num_heads = (max(i[0] for i in indices) + 1), (max(i[1] for i in indices) + 1)
+  per_head = {(l, h): series(records, f"{family}/layer_{l}/head_{h}") for l, h in indices}
+  steps = np.unique(np.concatenate([s for s, _ in per_head.values()]))
+  values = np.full((num_layers, num_heads, steps.size), np.nan)
+  for (layer, head), (head_steps, head_values) in per_head.items():
+    values[layer, head, np.searchsorted(steps, head_steps)] = head_values
+  return steps, values
+
+
+# --------------------------------------------------------------------------
+# Averages over the end of training.
+
+
+def last_n_mean(records: list[dict], name: str, last_n: int) -> float:
+  """Mean of the last `last_n` logged values of `name` (fewer if fewer exist).
+
+  Non-finite values (a diverged step) are left out so one spike does not
+  turn the whole average into NaN; NaN when nothing finite was logged.
+  """
+  _, values = series(records, name)
+  return _nanmean(values[-last_n:])
+
+
+def last_n_layer_means(records: list[dict], family: str, last_n: int,
+                       num_layers: int | None = None) -> np.ndarray:
+  """[L]: per layer, the mean of that layer's last `last_n` logged values (see `last_n_mean`)."""
+  num_layers = family_layers(metric_names(records), family) if num_layers is None else num_layers
+  return np.array([last_n_mean(records, f"{family}/layer_{l}", last_n) for l in range(num_layers)])
+
+
+def last_n_head_means(records: list[dict], family: str, last_n: int) -> np.ndarray:
+  """[L, H]: per layer and head, the mean of that head's last `last_n` logged values (see `last_n_mean`)."""
+  _, values = head_family(records, family)
+  num_layers, num_heads = values.shape[:2]
+  return np.array([[last_n_mean(records, f"{family}/layer_{l}/head_{h}", last_n) for h in range(num_heads)]
+                   for l in range(num_layers)]).reshape(num_layers, num_heads)
+
+
+def last_value(records: list[dict], name: str) -> float:
+  """The value of `name` at the latest step that logged it; NaN when never logged."""
+  _, values = series(records, name)
+  return float(values[-1]) if values.size else math.nan
+
+
+def _nanmean(values: np.ndarray) -> float:
+  finite = values[np.isfinite(values)]
+  return float(finite.mean()) if finite.size else math.nan
+
+
+def growth_exponent(steps: np.ndarray, values: np.ndarray) -> float:
+  """The slope k of log ‖θ‖ against log t over the later half of training (‖θ‖ ∝ t^k; √t gives 0.5).
+
+  The early half is left out because warm-up and the initial norm dominate
+  it; NaN when fewer than three positive points remain.
+  """
+  keep = (steps > 0) & np.isfinite(values) & (values > 0)
+  steps, values = steps[keep], values[keep]
+  later = steps >= steps[-1] / 2 if steps.size else keep[:0]
+  if int(np.count_nonzero(later)) < 3:
+    return math.nan
+  slope, _ = np.polyfit(np.log(steps[later]), np.log(values[later]), 1)
+  return float(slope)
