@@ -89,8 +89,10 @@ class TrainConfig:
 @dataclasses.dataclass
 class StatsConfig:
   dead_window: int = 100  # a unit is dead after this many steps without activity
-  attention_sub_batch: int = 8  # rows for attention statistics when attention=cudnn
+  attention_sub_batch: int = 4  # rows for attention statistics when attention=cudnn
   probe_tokens: int = 0  # >0: FFN/attention statistics on a fixed held-out probe batch of this many tokens
+  saturation_every: int = 0  # >0: eval/saturation/* and eval/saturated_head/* (c = 1000) every this many steps
+  hessian_every: int = 0  # >0: hessian/* (power iteration, Hutchinson trace) every this many steps; 0 = off
 
 
 @dataclasses.dataclass
@@ -303,7 +305,9 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
   for key, value in positive.items():
     _check(value > 0, f"config key {key} is {value}; it must be positive.")
   nonnegative = {"model.vocab_size": m.vocab_size, "data.num_sequences": d.num_sequences,
-                 "optim.warmup_steps": o.warmup_steps, "checkpoint.keep_every": config.checkpoint.keep_every, "stats.probe_tokens": config.stats.probe_tokens, "optim.weight_decay": o.weight_decay,
+                 "optim.warmup_steps": o.warmup_steps, "checkpoint.keep_every": config.checkpoint.keep_every, "stats.probe_tokens": config.stats.probe_tokens,
+                 "stats.saturation_every": config.stats.saturation_every,
+                 "stats.hessian_every": config.stats.hessian_every, "optim.weight_decay": o.weight_decay,
                  "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every}
   for key, value in nonnegative.items():
     _check(value >= 0, f"config key {key} is {value}; it must be zero or positive.")

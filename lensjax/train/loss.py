@@ -35,12 +35,16 @@ def chunk_length(batch: int, seq_len: int, vocab: int, max_logits: int = MAX_CHU
 
 def _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size: int, with_entropy: bool):
   z_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, head_DxV, preferred_element_type=F32)[..., :vocab_size]
-  logz_BxC = jax.nn.logsumexp(z_BxCxV, axis=-1)
+  # One exp(z − max) feeds both Σe (the normaliser) and Σe·z (the entropy), so
+  # XLA reduces them in a single pass over the chunk's logits.
+  max_BxC = jax.lax.stop_gradient(jnp.max(z_BxCxV, axis=-1))
+  e_BxCxV = jnp.exp(z_BxCxV - max_BxC[..., None])
+  sum_e_BxC = jnp.sum(e_BxCxV, axis=-1)
+  logz_BxC = jnp.log(sum_e_BxC) + max_BxC
   target_z_BxC = jnp.take_along_axis(z_BxCxV, y_BxC[..., None], axis=-1)[..., 0]
   out = {"nll": logz_BxC - target_z_BxC}
   if with_entropy:
-    q_BxCxV = jnp.exp(z_BxCxV - logz_BxC[..., None])
-    out["entropy"] = logz_BxC - jnp.sum(q_BxCxV * z_BxCxV, axis=-1)
+    out["entropy"] = logz_BxC - jnp.sum(e_BxCxV * z_BxCxV, axis=-1) / sum_e_BxC
   if p_BxCxV is not None:
     log_q_BxCxV = z_BxCxV - logz_BxC[..., None]
     positive = p_BxCxV > 0
