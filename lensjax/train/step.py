@@ -23,7 +23,7 @@ import optax
 
 from lensjax.model import head_matrix
 from lensjax.stats.sparsity import dead_units, track_dead_units
-from lensjax.train.loss import masked_token_mean, token_statistics
+from lensjax.train.loss import fused_loss, masked_token_mean
 
 F32 = jnp.float32
 
@@ -56,10 +56,12 @@ def loss_and_outputs(params, batch, model, dropout_key, deterministic: bool):
   """Loss, per-token statistics and aux. The logging variant (collect_stats) adds the entropies."""
   h_BxTxD, aux = model.apply({"params": params}, batch["inputs"], batch["mask"], deterministic=deterministic,
                              rngs={"dropout": dropout_key}, return_hidden=True)
-  tokens = token_statistics(h_BxTxD, head_matrix(params, model.cfg), batch["targets"], model.cfg.vocab_size,
-                            target_probs_BxTxV=batch.get("target_probs") if model.collect_stats else None,
-                            with_entropy=model.collect_stats)
-  return masked_token_mean(tokens["nll"], batch["mask"]), (tokens, aux)
+  mask_BxT = batch["mask"].astype(F32)
+  weights_BxT = mask_BxT / jnp.maximum(jnp.sum(mask_BxT), 1.0)  # the loss is the mean over real tokens
+  loss, tokens = fused_loss(h_BxTxD, head_matrix(params, model.cfg), batch["targets"], weights_BxT,
+                            model.cfg.vocab_size, with_entropy=model.collect_stats,
+                            target_probs_BxTxV=batch.get("target_probs") if model.collect_stats else None)
+  return loss, (tokens, aux)
 
 
 def global_norm(tree) -> jax.Array:
