@@ -181,6 +181,25 @@ def compile_steps(run: Run, state):
   return compiled
 
 
+def periodic_analyses(run: Run) -> list[tuple[int, object]]:
+  """The analyses that run every N steps on the state after a step: `(N, fn(state, batch, step) -> metrics)`.
+
+  They are separate compiled functions, so they cost nothing on other steps.
+  """
+  config, analyses = run.config, []
+  if config.stats.saturation_every:
+    from lensjax.analysis.saturation import make_saturation_fn
+    # A few rows: the saturated network's probabilities of every layer are live at once.
+    saturation = make_saturation_fn(config.model, rows=min(config.train.batch_size, 8))
+    analyses.append((config.stats.saturation_every, lambda state, batch, step: saturation(state.params, batch)))
+  if config.logging.entropy_every:
+    from lensjax.analysis.entropy import periodic_entropy_metrics
+    key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0xE7)
+    analyses.append((config.logging.entropy_every, lambda state, batch, step: periodic_entropy_metrics(
+        state.params, config, run.source, jax.random.fold_in(key, step))))
+  return analyses
+
+
 def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None) -> object:
   """Trains (or resumes) into `workdir`; returns the final train state.
 
@@ -190,18 +209,23 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   config = prepare(config)
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save,
-                            config.checkpoint.keep_every)
+                            config.checkpoint.keep_every, cleanup_unfinished=True)
   checkpoints.check_compatible(config)
   run = build(config)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
   if jax.process_index() == 0:
+    # Steps from start_step on are logged again; without a checkpoint (a run killed before its first save)
+    # that is every step.
+    dropped = truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step - 1)
+    truncate_after(os.path.join(workdir, "neuron_events.jsonl"), start_step - 1)
     if restored is not None:
-      dropped = truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step - 1)
-      truncate_after(os.path.join(workdir, "neuron_events.jsonl"), start_step - 1)
       _log(f"resuming from the checkpoint at step {start_step} in {checkpoints.directory}"
            + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
+    elif dropped:
+      _log(f"no checkpoint in {checkpoints.directory}: starting at step 0 (dropped {dropped} metric records logged "
+           "by an earlier attempt)")
     config_lib.save_json(config, os.path.join(workdir, "config.json"))
   perf_line = perf.describe(state.params, config.model, config.data.seq_len)
   _log(perf_line)
@@ -222,6 +246,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
 
   saved_step = start_step
   probe = probe_batch(run)
+  periodic = periodic_analyses(run)
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
   with _Preemption() as preemption:
@@ -239,7 +264,13 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
           logger.add(step, run.probe_fn(state.params, probe))
       if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
         logger.add(step, evaluate(run, state, batch))
+      for every, analysis in periodic:
+        if (step + 1) % every == 0 or step == total - 1:
+          logger.add(step, analysis(state, batch, step))
       if (step + 1) % save_every == 0:
+        # The records of the steps before a checkpoint reach metrics.jsonl before it does: a run killed after
+        # the checkpoint resumes past them and would never log them again. (The save waits for the step anyway.)
+        check_finite(logger.flush())
         check_finite(float(state.skipped_steps))  # never save a state past a non-finite step
         checkpoints.save(step + 1, state, meta)
         saved_step = step + 1
