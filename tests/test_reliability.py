@@ -116,3 +116,12 @@ def test_neuron_events_list_each_unit_that_died_or_revived():
   assert [(e["layer"], e["unit"], e["event"]) for e in events] == [(1, 2, "died"), (0, 0, "revived"),
                                                                    (0, 3, "revived")]
   assert events[0]["frequency"] == pytest.approx(0.6) and events[0]["adam_v"] == 2.0 and events[0]["step"] == 40
+
+
+def test_a_model_without_ffn_saves_and_resumes(tmp_path):
+  """No FFN means no dead-unit tracker; the checkpoint must still write and restore."""
+  workdir = str(tmp_path / "run")
+  config = make_tiny_config(**{"model.block": "attention_only", "train.steps": 3, "checkpoint.save_every": 2})
+  loop.train(config, workdir, stop_at_step=2)
+  state = loop.train(config, workdir)
+  assert int(state.step) == 3 and state.unit_last_active is None

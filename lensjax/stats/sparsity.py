@@ -22,7 +22,7 @@ def track_dead_units(last_active_LxF, unit_active_LxF, step, window: int):
 
   Returns `(new_last_active_LxF, metrics)` where the metrics are [L] vectors.
   """
-  if last_active_LxF.shape[-1] == 0:  # no FFN in this model
+  if last_active_LxF is None:  # no FFN in this model
     return last_active_LxF, {}
   was_dead = dead_units(last_active_LxF, step - 1, window)
   new_last_active = jnp.where(unit_active_LxF, step, last_active_LxF)

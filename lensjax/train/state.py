@@ -18,8 +18,9 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # base key; step t uses fold_in(rng, t)
-  unit_last_active: jax.Array  # int32 [L, F]: last step each FFN unit fired (-1: never)
-  dead_at_last_log: jax.Array  # bool [L, F]: the dead set at the last logging step
+  # None in a model without FFN (Orbax saves no zero-size arrays).
+  unit_last_active: jax.Array | None  # int32 [L, F]: last step each FFN unit fired (-1: never)
+  dead_at_last_log: jax.Array | None  # bool [L, F]: the dead set at the last logging step
   skipped_steps: jax.Array  # int32: updates skipped for a non-finite loss or gradient
   first_bad_step: jax.Array  # int32: first step with a non-finite loss or gradient (-1: none)
 
@@ -30,8 +31,8 @@ def create_state(model, tx, cfg: ModelConfig, seq_len: int, seed: int) -> TrainS
   init_key, run_key = jax.random.split(root)
   tokens_1xT = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(init_key, tokens_1xT)["params"]
-  units = cfg.d_ff if has_ffn(cfg) else 0
+  units_LxF = (cfg.num_layers, cfg.d_ff)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key,
-                    unit_last_active=jnp.full((cfg.num_layers, units), -1, jnp.int32),
-                    dead_at_last_log=jnp.zeros((cfg.num_layers, units), bool),
+                    unit_last_active=jnp.full(units_LxF, -1, jnp.int32) if has_ffn(cfg) else None,
+                    dead_at_last_log=jnp.zeros(units_LxF, bool) if has_ffn(cfg) else None,
                     skipped_steps=jnp.zeros((), jnp.int32), first_bad_step=jnp.full((), -1, jnp.int32))

@@ -98,7 +98,7 @@ def train_step(state, batch, *, model, tx, schedule, dead_window: int, lenses: S
                             skipped_steps=skipped,
                             first_bad_step=jnp.where((state.first_bad_step < 0) & ~finite, state.step,
                                                      state.first_bad_step))
-  if model.collect_stats and last_active.shape[-1]:
+  if model.collect_stats and last_active is not None:
     new_state, units = neuron_events(new_state, view, dead_window)
     metrics.update(units)
   return new_state, metrics
