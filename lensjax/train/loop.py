@@ -191,7 +191,8 @@ def periodic_analyses(run: Run) -> list[tuple[int, object]]:
     from lensjax.analysis.saturation import make_saturation_fn
     # A few rows: the saturated network's probabilities of every layer are live at once.
     saturation = make_saturation_fn(config.model, rows=min(config.train.batch_size, 8))
-    analyses.append((config.stats.saturation_every, lambda state, batch, step: saturation(state.params, batch)))
+    heldout = _batch(run, 0, split="heldout")  # fixed, so the series is comparable over training (as the CLI)
+    analyses.append((config.stats.saturation_every, lambda state, batch, step: saturation(state.params, heldout)))
   if config.logging.entropy_every:
     from lensjax.analysis.entropy import periodic_entropy_metrics
     key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0xE7)
