@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lensjax.errors import InputError, TrainingHalted
+from lensjax.errors import CheckpointWriteError, InputError, TrainingHalted
 
 
 def _train(args, extra: list[str]) -> int:
@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
   bench.add_argument("--steps", type=int, default=20, help="timed calls per row (after 3 warm-up calls)")
   bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
   bench.set_defaults(handler=_bench)
+  # The analyses on a run's checkpoints and the sweep runner register their own subcommands.
+  from lensjax import sweep
+  from lensjax.analysis import entropy_cli, saturation_cli, spikes_cli
+  for module in (sweep, entropy_cli, spikes_cli, saturation_cli):
+    module.add_parser(commands)
   return top
 
 
@@ -77,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
   except TrainingHalted as e:
     print(f"lensjax: halted: {e}", file=sys.stderr)
     return 3
+  except CheckpointWriteError as e:
+    print(f"lensjax: error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

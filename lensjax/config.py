@@ -52,6 +52,7 @@ class DataConfig:
   vocab_size: int = 16  # markov and teacher targets
   markov_order: int = 1
   markov_alpha: float = 0.1  # Dirichlet concentration of transition rows
+  markov_initial: str = "uniform"  # first `markov_order` tokens: uniform | stationary (the chain's stationary law)
   teacher_layers: int = 2
   teacher_d_model: int = 64
   teacher_heads: int = 4
@@ -107,6 +108,7 @@ class CheckpointConfig:
 class LoggingConfig:
   log_every: int = 10
   eval_every: int = 100  # 0 disables held-out evaluation
+  entropy_every: int = 0  # >0: whole-sequence entropy and KL (eval/entropy_*_seq) every this many steps; 0 disables
   eval_batches: int = 2
   progress: str = "auto"  # auto (a live line on a terminal) | lines | none
 
@@ -140,6 +142,7 @@ CHOICES = {
     "optim.name": ("adamw", "adam", "sgd", "adafactor"),
     "optim.schedule": ("constant", "cosine", "linear", "rsqrt"),
     "logging.progress": ("auto", "lines", "none"),
+    "data.markov_initial": ("uniform", "stationary"),
     "train.nan_policy": ("halt", "skip"),
 }
 
@@ -308,12 +311,19 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
                  "optim.warmup_steps": o.warmup_steps, "checkpoint.keep_every": config.checkpoint.keep_every, "stats.probe_tokens": config.stats.probe_tokens,
                  "stats.saturation_every": config.stats.saturation_every,
                  "stats.hessian_every": config.stats.hessian_every, "optim.weight_decay": o.weight_decay,
-                 "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every}
+                 "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every,
+                 "logging.entropy_every": config.logging.entropy_every}
   for key, value in nonnegative.items():
     _check(value >= 0, f"config key {key} is {value}; it must be zero or positive.")
   _check(o.lr > 0 and math.isfinite(o.lr), f"config key optim.lr is {o.lr}; it must be a positive number.")
   _check(0.0 <= m.dropout < 1.0, f"config key model.dropout is {m.dropout}; it must be in [0, 1).")
   _check(d.markov_alpha > 0, f"config key data.markov_alpha is {d.markov_alpha}; it must be positive.")
+  if d.source == "markov" and d.markov_initial == "stationary":
+    from lensjax.data.targets import MAX_STATIONARY_CONTEXTS  # numpy only; no import cycle
+    contexts = d.vocab_size**d.markov_order
+    _check(contexts <= MAX_STATIONARY_CONTEXTS,
+           f"data.markov_initial=stationary solves for a law over data.vocab_size**data.markov_order = {contexts:,} "
+           f"contexts, more than {MAX_STATIONARY_CONTEXTS:,}; use data.markov_initial=uniform or a smaller vocabulary or order.")
   _check(d.teacher_temperature > 0, f"config key data.teacher_temperature is {d.teacher_temperature}; it must be positive.")
   _check(0.0 < d.heldout_fraction < 1.0, f"config key data.heldout_fraction is {d.heldout_fraction}; it must be in (0, 1).")
   _check(m.d_model % m.num_heads == 0,

@@ -12,3 +12,7 @@ class InputError(Exception):
 
 class TrainingHalted(Exception):
   """Training stopped on a non-finite loss or gradient (policy `halt`); exit code 3."""
+
+
+class CheckpointWriteError(Exception):
+  """A checkpoint could not be written (a full disk, a read-only directory); the CLI prints it and exits 1."""

@@ -8,6 +8,12 @@ on some real token" flags that dead-neuron tracking needs on every step; with
 `collect_stats=True` also the summaries of METRICS.md (active fractions,
 attention bypass, attention entropy per head, max logit, sink mass).
 Parameters are float32; `ModelConfig.dtype` is the compute dtype.
+
+`Transformer(cfg, decode=True)` is the same network for incremental decoding:
+each call takes the next S tokens [B, S] and attends over the keys and values
+of earlier calls, kept in the "cache" collection (per attention layer: keys and
+values [B, L, H, K] and the next write position; `init_cache` builds it for a
+length L). The training path never touches the cache.
 """
 
 from __future__ import annotations
@@ -42,11 +48,15 @@ def masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def rotary(x_BxTxHxK: jax.Array) -> jax.Array:
-  """Rotary position embedding (rotate-half form) on the head dimension."""
+def rotary(x_BxTxHxK: jax.Array, positions_T: jax.Array | None = None) -> jax.Array:
+  """Rotary position embedding (rotate-half form) on the head dimension.
+
+  `positions_T` (default 0..T-1) are the absolute positions, for decoding.
+  """
   _, T, _, K = x_BxTxHxK.shape
   inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, K, 2, dtype=F32) / K))
-  angle_TxK2 = jnp.arange(T, dtype=F32)[:, None] * inv_freq[None, :]
+  positions_T = jnp.arange(T, dtype=F32) if positions_T is None else positions_T.astype(F32)
+  angle_TxK2 = positions_T[:, None] * inv_freq[None, :]
   cos, sin = jnp.cos(angle_TxK2)[None, :, None, :], jnp.sin(angle_TxK2)[None, :, None, :]
   x1, x2 = jnp.split(x_BxTxHxK.astype(F32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -81,6 +91,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
   collect_stats: bool = False
   residual_scale: float = 1.0
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD, mask_BxT):
@@ -91,19 +102,25 @@ class Attention(nn.Module):
     qkv = nn.DenseGeneral((3, H, K), use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
                           kernel_init=init, name="qkv")(x_BxTxD)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if cfg.positions == "rotary":
+    if cfg.positions == "rotary" and not self.decode:
       q_BxTxHxK, k_BxTxHxK = rotary(q_BxTxHxK), rotary(k_BxTxHxK)
     aux = {}
-    if cfg.attention == "cudnn":
+    if self.decode:
+      out_BxTxHxK = self.cached_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+    elif cfg.attention == "cudnn":
       out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
                                                  implementation="cudnn")
     else:
       T = x_BxTxD.shape[1]
-      logits_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK,
-                                  preferred_element_type=F32) / math.sqrt(K)
+      # 1/√K scales q, not the logits: a scaled copy of the logits may be recomputed in both
+      # softmax fusions, and when they round differently exp(x − max) overflows for |x| ≳ 1e9
+      # (NaN attention in the saturation analysis at c = 1000). The dot's output is the same everywhere.
+      logits_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK / math.sqrt(K), k_BxTxHxK,
+                                  preferred_element_type=F32)
       causal_TxT = jnp.tril(jnp.ones((T, T), bool))
       masked = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(F32).min)
       probs_BxHxTxT = jax.nn.softmax(masked, axis=-1)
+      self.sow("intermediates", "attn_probs", probs_BxHxTxT)
       out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(dtype), v_BxTxHxK)
       if self.collect_stats:
         aux = attention_summaries(logits_BxHxTxT, probs_BxHxTxT, mask_BxT)
@@ -111,6 +128,34 @@ class Attention(nn.Module):
     y_BxTxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
                               param_dtype=F32, kernel_init=out_init, name="out")(out_BxTxHxK)
     return y_BxTxD, aux
+
+  def cached_attention(self, q_BxSxHxK, k_BxSxHxK, v_BxSxHxK):
+    """S new positions attend over the cache and themselves, then join the cache.
+
+    The cache's length L is that of the tokens the cache was created with
+    (`init_cache`); the new positions are index..index+S-1. Same arithmetic as
+    the explicit path (float32 scores, `finfo.min` on hidden keys), so decoding
+    reproduces the full forward pass up to summation order.
+    """
+    cfg = self.cfg
+    B, S, H, K = k_BxSxHxK.shape
+    cached_k = self.variable("cache", "key", jnp.zeros, k_BxSxHxK.shape, k_BxSxHxK.dtype)
+    cached_v = self.variable("cache", "value", jnp.zeros, v_BxSxHxK.shape, v_BxSxHxK.dtype)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    L = cached_k.value.shape[1]
+    positions_S = index.value + jnp.arange(S)
+    if cfg.positions == "rotary":
+      q_BxSxHxK, k_BxSxHxK = rotary(q_BxSxHxK, positions_S), rotary(k_BxSxHxK, positions_S)
+    start = (0, index.value, 0, 0)
+    keys_BxLxHxK = jax.lax.dynamic_update_slice(cached_k.value, k_BxSxHxK.astype(cached_k.value.dtype), start)
+    values_BxLxHxK = jax.lax.dynamic_update_slice(cached_v.value, v_BxSxHxK.astype(cached_v.value.dtype), start)
+    cached_k.value, cached_v.value, index.value = keys_BxLxHxK, values_BxLxHxK, index.value + S
+    # 1/√K scales q, as in the explicit path.
+    logits_BxHxSxL = jnp.einsum("bqhk,bshk->bhqs", q_BxSxHxK / math.sqrt(K), keys_BxLxHxK,
+                                preferred_element_type=F32)
+    visible_SxL = jnp.arange(L)[None, :] <= positions_S[:, None]
+    probs_BxHxSxL = jax.nn.softmax(jnp.where(visible_SxL, logits_BxHxSxL, jnp.finfo(F32).min), axis=-1)
+    return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxSxL.astype(jnp.dtype(cfg.dtype)), values_BxLxHxK)
 
 
 class FeedForward(nn.Module):
@@ -152,6 +197,7 @@ class Block(nn.Module):
   cfg: ModelConfig
   collect_stats: bool = False
   deterministic: bool = True
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD, mask_BxT):
@@ -161,7 +207,7 @@ class Block(nn.Module):
     residual_scale = 1.0 / math.sqrt(2 * cfg.num_layers)
     sublayers = []
     if has_attention(cfg):
-      sublayers.append(("attn", Attention(cfg, self.collect_stats, residual_scale, name="attn")))
+      sublayers.append(("attn", Attention(cfg, self.collect_stats, residual_scale, self.decode, name="attn")))
     if has_ffn(cfg):
       sublayers.append(("ffn", FeedForward(cfg, self.collect_stats, residual_scale, name="ffn")))
     aux = {}
@@ -187,6 +233,7 @@ def stack_trees(trees):
 class Transformer(nn.Module):
   cfg: ModelConfig
   collect_stats: bool = False
+  decode: bool = False  # incremental decoding over a "cache" collection (see the module docstring)
 
   @nn.compact
   def __call__(self, tokens_BxT, mask_BxT=None, *, deterministic: bool = True, return_hidden: bool = False):
@@ -204,20 +251,28 @@ class Transformer(nn.Module):
     if cfg.positions == "learned":
       pos = nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=F32,
                      embedding_init=nn.initializers.normal(cfg.init_std), name="pos_embed")
-      x_BxTxD = x_BxTxD + pos(jnp.arange(T))[None]
+      if self.decode:  # the tokens continue the cached ones: positions index..index+T-1
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        positions_T, index.value = index.value + jnp.arange(T), index.value + T
+        x_BxTxD = x_BxTxD + pos(positions_T)[None]
+      else:
+        x_BxTxD = x_BxTxD + pos(jnp.arange(T))[None]
     x_BxTxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxTxD).astype(dtype)
 
     block = Block
-    if cfg.remat:
+    if cfg.remat and not self.decode:
       block = nn.remat(block, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      # Decoding stacks each layer's cache over layers, as the parameters are.
+      variable_axes = {"params": 0, "cache": 0} if self.decode else {"params": 0}
+      scanned = nn.scan(block, variable_axes=variable_axes, split_rngs={"params": True, "dropout": True},
                         in_axes=nn.broadcast, length=cfg.num_layers)
-      x_BxTxD, aux = scanned(cfg, self.collect_stats, deterministic, name="layers")(x_BxTxD, mask_BxT)
+      x_BxTxD, aux = scanned(cfg, self.collect_stats, deterministic, self.decode, name="layers")(x_BxTxD, mask_BxT)
     else:
       per_layer = []
       for layer in range(cfg.num_layers):
-        x_BxTxD, layer_aux = block(cfg, self.collect_stats, deterministic, name=f"layer_{layer}")(x_BxTxD, mask_BxT)
+        x_BxTxD, layer_aux = block(cfg, self.collect_stats, deterministic, self.decode,
+                                   name=f"layer_{layer}")(x_BxTxD, mask_BxT)
         per_layer.append(layer_aux)
       aux = stack_trees(per_layer)
 
@@ -233,6 +288,14 @@ class Transformer(nn.Module):
     # Logits stay in the compute dtype: a float32 copy of B×T×V is the largest
     # tensor of a GPT-2-sized step; consumers upcast inside their fused reductions.
     return logits_BxTxV[..., :cfg.vocab_size], aux
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int):
+  """An empty decoding cache for `batch` sequences of up to `length` tokens (zeros, index 0)."""
+  model = Transformer(cfg, decode=True)
+  tokens_BxL = jnp.zeros((batch, length), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens_BxL))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def head_matrix(params, cfg: ModelConfig):

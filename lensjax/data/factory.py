@@ -11,7 +11,8 @@ from lensjax.data.text import ByteText, TokenFile
 def make_source(config: Config):
   d, seed = config.data, config.data.seed
   if d.source == "markov":
-    return MarkovTarget(d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len, seed, d.num_sequences or None)
+    return MarkovTarget(d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len, seed, d.num_sequences or None,
+                        initial=d.markov_initial)
   if d.source == "teacher":
     return TeacherTarget(d.vocab_size, d.seq_len, seed, num_layers=d.teacher_layers, d_model=d.teacher_d_model,
                          num_heads=d.teacher_heads, temperature=d.teacher_temperature)

@@ -28,6 +28,15 @@ STREAM_EPOCH_ORDER = 102
 # of the uniforms, and fixes the set whatever N's relation to this chunking.
 _TRAINING_SET_CHUNK = 4096
 
+# How the first `order` tokens of a sequence are drawn: uniformly, or from the
+# chain's stationary distribution over contexts (then every window of the
+# sequence has the same law, and n >= k tokens have the entropy
+# H(X_1..X_k) + (n - k) h, h the entropy rate: H(X_1) + (n - 1) h for k = 1).
+INITIALS = ("uniform", "stationary")
+
+# The stationary distribution is solved for densely over the V^k contexts.
+MAX_STATIONARY_CONTEXTS = 4096
+
 
 def dirichlet_transition(num_contexts: int, vocab_size: int, alpha: float,
                          rng: np.random.Generator) -> np.ndarray:
@@ -59,9 +68,13 @@ def context_index(tokens_BxK: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def sample_markov(cumulative_CxV: np.ndarray, order: int,
-                  uniforms_BxT1: np.ndarray) -> np.ndarray:
+                  uniforms_BxT1: np.ndarray,
+                  start_cumulatives: list[np.ndarray] | None = None) -> np.ndarray:
   """Sequences of an order-k chain whose first k tokens are uniform.
 
+  With `start_cumulatives` (inverse-CDF tables of [V^j, V] for j = 0..k-1:
+  token j given the j before it) the first k tokens are drawn from those
+  instead, e.g. from the stationary distribution.
   A pure function of the uniform draws (one per token), so a batch depends
   only on how those were drawn. Vectorised over rows, looping over time.
   """
@@ -69,10 +82,15 @@ def sample_markov(cumulative_CxV: np.ndarray, order: int,
   num_rows, length = uniforms_BxT1.shape
   num_initial = min(order, length)
   tokens_BxT1 = np.empty((num_rows, length), np.int32)
-  # Uniform initial tokens by inverse CDF too, so one draw per token suffices.
-  tokens_BxT1[:, :num_initial] = np.minimum(
-      (uniforms_BxT1[:, :num_initial] * vocab_size).astype(np.int64),
-      vocab_size - 1)
+  if start_cumulatives is None:
+    # Uniform initial tokens by inverse CDF too, so one draw per token suffices.
+    tokens_BxT1[:, :num_initial] = np.minimum(
+        (uniforms_BxT1[:, :num_initial] * vocab_size).astype(np.int64),
+        vocab_size - 1)
+  else:
+    for j in range(num_initial):
+      cdf_BxV = start_cumulatives[j][context_index(tokens_BxT1[:, :j], vocab_size)]
+      tokens_BxT1[:, j] = (cdf_BxV <= uniforms_BxT1[:, j, None]).sum(axis=-1)
   context_B = context_index(tokens_BxT1[:, :num_initial], vocab_size)
   for t in range(num_initial, length):
     cdf_BxV = cumulative_CxV[context_B]
@@ -82,6 +100,46 @@ def sample_markov(cumulative_CxV: np.ndarray, order: int,
     tokens_BxT1[:, t] = next_B
     context_B = (context_B * vocab_size + next_B) % num_contexts
   return tokens_BxT1
+
+
+def stationary_context_distribution(transition_CxV: np.ndarray) -> np.ndarray:
+  """float64 [C]: the stationary law of the chain's context (its last k tokens).
+
+  Context c moves to (c*V + v) mod C with probability P[c, v]; solves
+  pi M = pi with sum(pi) = 1 densely (C <= MAX_STATIONARY_CONTEXTS). Rows
+  drawn from a Dirichlet are positive almost surely, so pi is unique.
+  """
+  num_contexts, vocab_size = transition_CxV.shape
+  next_CxV = (np.arange(num_contexts)[:, None] * vocab_size + np.arange(vocab_size)) % num_contexts
+  moves_CxC = np.zeros((num_contexts, num_contexts))
+  np.add.at(moves_CxC, (np.repeat(np.arange(num_contexts), vocab_size), next_CxV.ravel()), transition_CxV.ravel())
+  # (M^T - I) pi = 0 has rank C-1; one of its equations is replaced by sum(pi) = 1.
+  system_CxC = moves_CxC.T - np.eye(num_contexts)
+  system_CxC[-1] = 1.0
+  rhs_C = np.zeros(num_contexts)
+  rhs_C[-1] = 1.0
+  try:
+    pi_C = np.linalg.solve(system_CxC, rhs_C)
+  except np.linalg.LinAlgError:  # a reducible chain: any one of its stationary laws
+    pi_C = np.linalg.lstsq(system_CxC, rhs_C, rcond=None)[0]
+  pi_C = np.maximum(pi_C, 0.0)
+  return pi_C / pi_C.sum()
+
+
+def start_conditionals(context_probs_C: np.ndarray, vocab_size: int, order: int) -> list[np.ndarray]:
+  """[V^j, V] float64 for j = 0..k-1: p(token j | tokens 0..j-1) under a law of the first k tokens.
+
+  Marginals of the first j tokens come from summing the newest digits of the
+  context index (oldest token = most significant digit). A prefix of
+  probability 0 gets a uniform row (it is never drawn).
+  """
+  tables = []
+  for j in range(order):
+    joint_PxV = context_probs_C.reshape(vocab_size**(j + 1), -1).sum(axis=1).reshape(vocab_size**j, vocab_size)
+    prefix_P = joint_PxV.sum(axis=1, keepdims=True)
+    uniform = np.full_like(joint_PxV, 1.0 / vocab_size)
+    tables.append(np.where(prefix_P > 0, joint_PxV / np.where(prefix_P > 0, prefix_P, 1.0), uniform))
+  return tables
 
 
 def entropy_nats(probs_NxV: np.ndarray) -> np.ndarray:
@@ -95,8 +153,9 @@ class MarkovTarget:
   """An order-k Markov chain over V symbols with Dirichlet(alpha) rows.
 
   The chain (one row per each of the V^k contexts) depends on `seed` alone.
-  A sequence has T+1 tokens: the first k uniform, then x_t ~ P[x_{t-k..t-1}].
-  Small alpha gives peaked rows, i.e. low entropy.
+  A sequence has T+1 tokens: the first k uniform (`initial="uniform"`) or
+  drawn from the chain's stationary law (`initial="stationary"`), then
+  x_t ~ P[x_{t-k..t-1}]. Small alpha gives peaked rows, i.e. low entropy.
 
   With `num_sequences=N`, "train" cycles by epochs through N sequences drawn
   once (epoch e is a permutation seeded by (seed, e)); "heldout" is always
@@ -106,8 +165,8 @@ class MarkovTarget:
   knows_conditionals = True
 
   def __init__(self, vocab_size: int, order: int, alpha: float, seq_len: int,
-               seed: int, num_sequences: int | None = None):
-    _check_markov_args(vocab_size, order, alpha, seq_len, num_sequences)
+               seed: int, num_sequences: int | None = None, initial: str = "uniform"):
+    _check_markov_args(vocab_size, order, alpha, seq_len, num_sequences, initial)
     self.vocab_size = int(vocab_size)
     self.order = int(order)
     self.alpha = float(alpha)
@@ -118,7 +177,25 @@ class MarkovTarget:
     self.transition = dirichlet_transition(
         self.num_contexts, self.vocab_size, self.alpha,
         base.make_rng(self.seed, STREAM_CHAIN))
-    self.initial_distribution = np.full(self.vocab_size, 1.0 / self.vocab_size)
+    self.initial = initial
+    # The law of the first context (the first k tokens) and, for a stationary
+    # start, of token j given tokens < j under it ([V^j, V] for j < k; a
+    # uniform start needs no tables: every such conditional is 1/V).
+    self.start_conditionals: list[np.ndarray] | None = None
+    self._start_cumulatives = None
+    if initial == "stationary":
+      self.context_distribution = stationary_context_distribution(self.transition)
+      self.start_conditionals = start_conditionals(self.context_distribution, self.vocab_size, self.order)
+      self._start_cumulatives = [cumulative_rows(table) for table in self.start_conditionals]
+    else:
+      self.context_distribution = np.full(self.num_contexts, 1.0 / self.num_contexts)
+    # The law of x_0: with order 0 it is drawn from the (single) row like every token.
+    if self.order == 0:
+      self.initial_distribution = self.transition[0].copy()
+    elif initial == "stationary":
+      self.initial_distribution = self.start_conditionals[0][0]
+    else:
+      self.initial_distribution = np.full(self.vocab_size, 1.0 / self.vocab_size)
     self._cumulative_CxV = cumulative_rows(self.transition)
     self._transition_f32 = self.transition.astype(np.float32)
     self._training_set: np.ndarray | None = None
@@ -136,7 +213,8 @@ class MarkovTarget:
     """float32 [B, T, V]: true p(x_{t+1} = v | inputs[:, :t+1]) for any inputs.
 
     Assumes inputs[:, 0] is the first token of a sequence, so the first k-1
-    positions (whose context is still being drawn uniformly) are uniform.
+    positions (whose context is still being drawn) follow the start: uniform,
+    or the stationary law's conditionals.
     """
     inputs_BxT = np.asarray(inputs_BxT)
     if inputs_BxT.ndim != 2:
@@ -150,7 +228,12 @@ class MarkovTarget:
       probs_BxTxV[:] = self._transition_f32[0]
       return probs_BxTxV
     num_uniform = min(self.order - 1, length)
-    probs_BxTxV[:, :num_uniform] = np.float32(1.0 / self.vocab_size)
+    if self.initial == "uniform":
+      probs_BxTxV[:, :num_uniform] = np.float32(1.0 / self.vocab_size)
+    else:
+      for t in range(num_uniform):
+        table_PxV = self.start_conditionals[t + 1].astype(np.float32)
+        probs_BxTxV[:, t] = table_PxV[context_index(inputs_BxT[:, :t + 1], self.vocab_size)]
     if length > num_uniform:
       windows_BxWxK = np.lib.stride_tricks.sliding_window_view(
           inputs_BxT, self.order, axis=1)
@@ -166,19 +249,23 @@ class MarkovTarget:
                                 tolerance: float = 1e-12) -> np.ndarray:
     """float64 [T]: E[H(target_probs[:, t])] in nats, exactly.
 
-    The context distribution is propagated from its uniform start; once it
-    stops moving (the chain has mixed) the remaining positions repeat the
-    last value. Costs O(V^k * V) per position until then.
+    The context distribution is propagated from its start (uniform or
+    stationary); once it stops moving (the chain has mixed) the remaining
+    positions repeat the last value. Costs O(V^k * V) per position until then.
     """
     length = self.seq_len if seq_len is None else int(seq_len)
     entropies_T = np.empty(length)
     row_entropies_C = self.row_entropies()
     num_uniform = min(max(self.order - 1, 0), length)
     entropies_T[:num_uniform] = math.log(self.vocab_size)
+    if self.initial != "uniform":
+      for t in range(num_uniform):  # E over the first t+1 tokens of H(token t+1 | them)
+        prefix_P = self.context_distribution.reshape(self.vocab_size**(t + 1), -1).sum(axis=1)
+        entropies_T[t] = prefix_P @ entropy_nats(self.start_conditionals[t + 1])
     # Context that follows each (context, next symbol) pair.
     next_context_CxV = (np.arange(self.num_contexts)[:, None] * self.vocab_size
                         + np.arange(self.vocab_size)) % self.num_contexts
-    context_probs_C = np.full(self.num_contexts, 1.0 / self.num_contexts)
+    context_probs_C = self.context_distribution
     for t in range(num_uniform, length):
       entropies_T[t] = context_probs_C @ row_entropies_C
       moved_C = np.bincount(
@@ -193,7 +280,7 @@ class MarkovTarget:
 
   def sample(self, uniforms_BxT1: np.ndarray) -> np.ndarray:
     """int32 [B, T+1] sequences from given uniform draws in [0, 1)."""
-    return sample_markov(self._cumulative_CxV, self.order, uniforms_BxT1)
+    return sample_markov(self._cumulative_CxV, self.order, uniforms_BxT1, self._start_cumulatives)
 
   def training_set(self) -> np.ndarray:
     """int32 [N, T+1]: the finite training set, drawn once from the seed."""
@@ -257,7 +344,8 @@ def _is_int(value) -> bool:
 
 
 def _check_markov_args(vocab_size: int, order: int, alpha: float,
-                       seq_len: int, num_sequences: int | None) -> None:
+                       seq_len: int, num_sequences: int | None,
+                       initial: str = "uniform") -> None:
   if not _is_int(vocab_size) or vocab_size < 2:
     raise InputError(f"Markov vocab_size={vocab_size!r} must be an integer "
                      "of at least 2.")
@@ -279,3 +367,10 @@ def _check_markov_args(vocab_size: int, order: int, alpha: float,
         f"A Markov chain with vocab_size={vocab_size} and order={order} needs "
         f"a transition table of {entries:,} entries, more than the "
         f"{MAX_TRANSITION_ENTRIES:,} allowed; reduce vocab_size or order.")
+  if initial not in INITIALS:
+    raise InputError(f"Markov initial={initial!r} must be one of {', '.join(INITIALS)}.")
+  if initial == "stationary" and int(vocab_size)**int(order) > MAX_STATIONARY_CONTEXTS:
+    raise InputError(
+        f"A stationary start solves for a law over vocab_size**order = "
+        f"{int(vocab_size)**int(order):,} contexts, more than the "
+        f"{MAX_STATIONARY_CONTEXTS:,} allowed; use initial=uniform or reduce vocab_size or order.")

@@ -7,21 +7,28 @@ asynchronous; the manager keeps the newest `keep` checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from lensjax.errors import InputError
+from lensjax.errors import CheckpointWriteError, InputError
 
 
 class Checkpoints:
 
-  def __init__(self, directory: str, keep: int, async_save: bool = True, keep_every: int = 0):
+  def __init__(self, directory: str, keep: int, async_save: bool = True, keep_every: int = 0,
+               cleanup_unfinished: bool = False):
+    """`cleanup_unfinished`: delete the partial writes of a killed run (STEP.orbax-checkpoint-tmp); only for the
+    training run that owns the directory, never for a reader that may run beside it."""
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=cleanup_unfinished)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
   def steps(self) -> list[int]:
@@ -31,8 +38,9 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state, meta: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     meta=ocp.args.JsonSave(meta)), force=True)
+    with self._writing():
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
 
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -57,8 +65,9 @@ class Checkpoints:
               f"{str(e).splitlines()[0] if str(e) else ''}); trying an older one.", file=sys.stderr)
         continue
       if failed:
-        print(f"warning: resumed from checkpoint {step} instead of the newest, {failed[0]}, which could not be read.",
-              file=sys.stderr)
+        print(f"warning: resumed from checkpoint {step} instead of the newest, {failed[0]}, which could not be read; "
+              f"it is kept as {failed[0]}.unreadable.", file=sys.stderr)
+        self._set_aside(failed)
       return step, state
     if failed:
       raise InputError(f"no checkpoint in {self.directory} could be read (tried steps {failed}); "
@@ -80,12 +89,63 @@ class Checkpoints:
       raise InputError(f"the checkpoints in {self.directory} come from a different model or setup: "
                        f"{'; '.join(conflicts)}; use a new --workdir, or the checkpoint's values to resume.")
 
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable step directories to STEP.unreadable, so that the resumed run can save those steps again."""
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("lensjax:unreadable checkpoints found")
+    if jax.process_index() == 0:
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        if os.path.isdir(path):
+          os.replace(path, path + ".unreadable")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("lensjax:unreadable checkpoints set aside")
+    self._manager.reload()
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """Turns a failed write (here or in an earlier asynchronous save) into one sentence for people."""
+    try:
+      yield
+    except Exception as e:
+      if not (_disk_full(e) or isinstance(e, OSError)):
+        raise
+      try:
+        self._manager.reload()
+        newest = self.latest_step()
+      except Exception:  # the error above is the one to report
+        newest = None
+      kept = (f"the checkpoints already there are intact (newest: step {newest}), so after freeing space the same "
+              "command resumes from it." if newest is not None else "no earlier checkpoint was written.")
+      if _disk_full(e):
+        raise CheckpointWriteError(f"the disk holding {self.directory} is full, so a checkpoint could not be "
+                                   f"written; {kept}") from e
+      raise CheckpointWriteError(f"a checkpoint could not be written to {self.directory} ({e}); {kept}") from e
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._writing():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
+
+
+def _disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, reports a full disk or an exhausted quota.
+
+  Python raises OSError(ENOSPC); TensorStore, which writes the arrays, raises
+  ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']").
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(text in str(error) for text in ("No space left on device", "Disk quota exceeded")):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def abstract_like(state):

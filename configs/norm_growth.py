@@ -1,0 +1,55 @@
+"""Merrill et al. 2021: parameter norm growth and saturation, on text.
+
+A four-layer ReLU language model on raw bytes (V = 256): by default the
+English documentation text that every CPython ships in `pydoc_data.topics`,
+so nothing needs downloading; pass `--config.data.path=FILE` for any other
+file. Weight decay is 0 and the learning rate constant after warm-up, the
+setting in which ‖θ_t‖ grows like √t; `norm/params`, `norm/cos_step` and
+`norm/alignment` are logged every `log_every` steps, and the saturation
+statistics (`eval/saturation/layer_{l}`, `eval/saturated_head/...`, c = 1000)
+every `stats.saturation_every` steps. Fit the growth laws afterwards with
+`python -m lensjax.analysis.growth WORKDIR` and look at the final checkpoint
+with `lensjax saturation --workdir WORKDIR`.
+
+SWEEP is the weight decay × learning rate grid of the experiment, in the
+format `lensjax sweep` reads: a list of members, each a dict with a "name"
+(letters, digits, '.', '_', '-'; it names the member's folder) and dotted
+config keys mapped to Python values, applied to `get_config()` exactly as
+`--config.KEY=str(VALUE)` would be on the command line. So a member is
+reproducible by hand, e.g. `wd0.1_lr0.001` is
+`lensjax train --config configs/norm_growth.py --workdir runs/wd0.1_lr0.001
+--config.optim.weight_decay=0.1 --config.optim.lr=0.001`.
+"""
+
+from lensjax.config import Config
+
+WEIGHT_DECAYS = (0.0, 0.1, 1.0)  # AdamW's decoupled decay: per step θ ← θ − lr·wd·θ
+LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+
+SWEEP = [{"name": f"wd{wd:g}_lr{lr:g}", "optim.weight_decay": wd, "optim.lr": lr}
+         for wd in WEIGHT_DECAYS for lr in LEARNING_RATES]
+
+
+def get_config() -> Config:
+  config = Config()
+  m = config.model
+  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 4, 256, 8, 1024, 128
+  m.activation = "relu"  # positively homogeneous: at c·θ the FFN changes by scale (up to biases); attention saturates
+  m.dropout = 0.0
+  config.data.source = "bytes"
+  config.data.path = ""  # the built-in corpus
+  config.data.seq_len = 128
+  config.train.steps = 2000
+  config.train.batch_size = 64
+  config.optim.name = "adamw"
+  config.optim.lr = 1e-3
+  config.optim.schedule = "constant"  # a decaying rate would bend the growth curve on its own
+  config.optim.warmup_steps = 100
+  config.optim.weight_decay = 0.0
+  config.optim.decay_exempt = True
+  config.stats.dead_window = 100
+  config.stats.saturation_every = 100
+  config.logging.log_every = 20
+  config.logging.eval_every = 250
+  config.checkpoint.save_every = 1000
+  return config

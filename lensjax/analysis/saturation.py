@@ -1,0 +1,219 @@
+"""Saturation (Merrill et al. 2021): how close θ is to its saturated network.
+
+The saturated network of θ is the limit of f(x; cθ) as c → ∞. Scaling every
+parameter by c scales the attention logits by about c⁴ (query and key each
+carry c from their kernel and c from the LayerNorm scale before them), so
+softmax attention becomes hard: uniform over the keys that tie for the largest
+logit. A head whose attention then sits on one key is an *argmax head*; one
+that spreads over a large share of what it sees is an *averaging head*.
+
+Two statistics, both of METRICS.md, on a batch, with c = `scale`:
+
+- `eval/saturation/layer_{l}`: mean over real tokens of cos(h_l(x; θ), h_l(x; cθ)),
+  h_l the output of block l (the residual stream after it). Near 1 when θ is
+  already (nearly) saturated, i.e. as ‖θ‖ grows along a fixed direction.
+- `eval/saturated_head/layer_{l}/head_{h}`: in the network at cθ, the mean over
+  real queries of the number of keys with attention weight > 1e-5.
+
+`key_fraction` (not a metric name of its own) is the same count divided by
+the number of keys the query sees, averaged over real queries t ≥ 1 (query 0
+sees one key, so it says nothing): argmax heads sit near 1/visible, averaging
+heads near 1/2 or above. `head_histogram` bins it over all L × H heads.
+
+Everything runs in float32 on the explicit-softmax attention path with
+dropout off, under matmul precision "highest" (TF32 would round c⁴-sized
+logits enough to merge or split near-ties). The causal mask is applied to the
+logits computed from the scaled parameters, as `Attention` does: the model
+fills masked logits with finfo(float32).min rather than -inf, which gives
+exactly the same probabilities (exp(finfo.min − m) is 0 for any finite row
+maximum m); the two differ only once logits overflow float32, and
+`saturation_arrays` reports that (`in_range` False). At c = 1000 logits reach
+~1e11, where one float32 ulp is ~1e4: softmax stays finite only because the
+max and the exponent read the very same logits (the model scales q by 1/√K
+before the dot for that reason; a recomputed, differently rounded scaled copy
+made exp(x − max) overflow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lensjax.config import ModelConfig
+from lensjax.model import Block, Transformer, has_attention, layer_params, masked_mean
+
+F32 = jnp.float32
+SCALE = 1000.0  # c of METRICS.md
+WEIGHT_THRESHOLD = 1e-5  # a key "counts" for a query when its attention weight exceeds this
+HISTOGRAM_BINS = 20  # over [0, 1] of key_fraction
+# Largest block output at c·θ trusted in float32: its square, summed over D, must stay
+# far below finfo(float32).max ≈ 3.4e38 inside the next LayerNorm.
+MAX_HIDDEN = 1e17
+
+
+def analysis_config(cfg: ModelConfig) -> ModelConfig:
+  """The model the statistics are defined on: float32, explicit softmax, no dropout, unrolled layers."""
+  # Unrolled so that each Block's output and attention can be captured by name (nn.scan
+  # carries only the params collection over layers); remat changes nothing in a forward pass.
+  return dataclasses.replace(cfg, attention="xla", dtype="float32", dropout=0.0, scan_layers=False, remat=False)
+
+
+def unrolled_params(params, cfg: ModelConfig):
+  """`params` in the unrolled layout (`layer_{l}` subtrees) whatever `cfg.scan_layers` says."""
+  if not cfg.scan_layers:
+    return params
+  unrolled = {name: tree for name, tree in params.items() if name != "layers"}
+  unrolled.update({f"layer_{l}": tree for l, tree in enumerate(layer_params(params, cfg))})
+  return unrolled
+
+
+def scale_params(params, scale):
+  """c·θ: every leaf, LayerNorm scales and biases and embeddings included, in float32."""
+  return jax.tree.map(lambda p: p.astype(F32) * scale, params)
+
+
+def _is_block_call(module, method_name: str) -> bool:
+  return isinstance(module, Block) and method_name == "__call__"
+
+
+def hidden_and_probs(params, tokens_BxT, mask_BxT, cfg: ModelConfig):
+  """Block outputs h [L, B, T, D] and attention probabilities [L, B, H, T, T] (None without attention).
+
+  `cfg` must be an `analysis_config`, `params` unrolled.
+  """
+  _, state = Transformer(cfg).apply({"params": params}, tokens_BxT, mask_BxT, return_hidden=True,
+                                    capture_intermediates=_is_block_call, mutable=["intermediates"])
+  layers = [state["intermediates"][f"layer_{l}"] for l in range(cfg.num_layers)]
+  h_LxBxTxD = jnp.stack([layer["__call__"][0][0] for layer in layers]).astype(F32)
+  probs_LxBxHxTxT = None
+  if has_attention(cfg):
+    probs_LxBxHxTxT = jnp.stack([layer["attn"]["attn_probs"][0] for layer in layers]).astype(F32)
+  return h_LxBxTxD, probs_LxBxHxTxT
+
+
+def token_cosine(a_NxD, b_NxD):
+  """cos(a, b) along the last axis; 0 where either vector is 0."""
+  # Each vector is divided by its largest entry first: at c = 1000 hidden states reach
+  # ~c³ and their squared norms would overflow float32 in deeper or wider models.
+  a_NxD = a_NxD / jnp.maximum(jnp.max(jnp.abs(a_NxD), axis=-1, keepdims=True), 1e-30)
+  b_NxD = b_NxD / jnp.maximum(jnp.max(jnp.abs(b_NxD), axis=-1, keepdims=True), 1e-30)
+  norms_N = jnp.linalg.norm(a_NxD, axis=-1) * jnp.linalg.norm(b_NxD, axis=-1)
+  return jnp.sum(a_NxD * b_NxD, axis=-1) / jnp.maximum(norms_N, 1e-30)
+
+
+def saturated_probs(logits_BxHxTxT, scale):
+  """softmax(where(causal, c·s, -inf)): attention of logits s scaled by c, masked after scaling.
+
+  The reference for what `Attention` computes at c·θ; as c → ∞ it tends to the
+  uniform distribution over each query's tied largest visible logits.
+  """
+  T = logits_BxHxTxT.shape[-1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+  return jax.nn.softmax(jnp.where(causal_TxT, scale * logits_BxHxTxT.astype(F32), -jnp.inf), axis=-1)
+
+
+def head_key_counts(probs_LxBxHxTxT, mask_BxT, threshold: float = WEIGHT_THRESHOLD):
+  """Per head [L, H]: mean over real queries of #keys above `threshold`, and of that count / visible keys.
+
+  Padding is on the right, so real query t sees exactly the real keys 0..t.
+  """
+  T = probs_LxBxHxTxT.shape[-1]
+  count_LxBxHxT = jnp.sum(probs_LxBxHxTxT > threshold, axis=-1).astype(F32)
+  query_BxT = mask_BxT.astype(F32)
+  weight_1xBx1xT = query_BxT[None, :, None, :]
+  count_LxH = jnp.sum(count_LxBxHxT * weight_1xBx1xT, axis=(1, 3)) / jnp.maximum(jnp.sum(query_BxT), 1.0)
+  # Query 0 sees one key and always scores 1: left out of the fraction, as in attention entropy.
+  later_BxT = query_BxT * (jnp.arange(T) > 0)
+  visible_T = jnp.arange(1, T + 1, dtype=F32)
+  fraction_LxH = jnp.sum(count_LxBxHxT / visible_T * later_BxT[None, :, None, :], axis=(1, 3)) / jnp.maximum(
+      jnp.sum(later_BxT), 1.0)
+  return count_LxH, fraction_LxH
+
+
+def saturation_arrays(params, batch: dict, cfg: ModelConfig, scale=SCALE) -> dict:
+  """The statistics as arrays: `cosine_L`, `key_count_LxH`, `key_fraction_LxH`, and `in_range`.
+
+  `in_range` (bool scalar) is False when the network at c·θ left float32's
+  range (non-finite values, or block outputs above MAX_HIDDEN): then the
+  statistics describe overflow, not saturation; use a smaller c.
+
+  Pure and jittable (`cfg` static). `params` in the layout of `cfg` (scanned or
+  unrolled); `batch` needs "inputs" [B, T] and "mask" [B, T].
+  """
+  model_cfg = analysis_config(cfg)
+  params = unrolled_params(params, cfg)
+  tokens_BxT, mask_BxT = batch["inputs"], batch["mask"].astype(F32)
+  with jax.default_matmul_precision("highest"):
+    h_LxBxTxD, _ = hidden_and_probs(scale_params(params, 1.0), tokens_BxT, mask_BxT, model_cfg)
+    hc_LxBxTxD, probs_LxBxHxTxT = hidden_and_probs(scale_params(params, scale), tokens_BxT, mask_BxT, model_cfg)
+  L, B, T, D = h_LxBxTxD.shape
+  cos_LxBT = token_cosine(h_LxBxTxD.reshape(L, B * T, D), hc_LxBxTxD.reshape(L, B * T, D))
+  cosine_L = jax.vmap(lambda cos_BT: masked_mean(cos_BT, mask_BxT.reshape(-1)))(cos_LxBT)
+  H = model_cfg.num_heads if probs_LxBxHxTxT is not None else 0
+  count_LxH, fraction_LxH = jnp.zeros((L, H), F32), jnp.zeros((L, H), F32)
+  # LayerNorm squares its input: past ~1e19 the variance overflows to inf and the
+  # normalised output silently collapses to the bias, with nothing non-finite to show for it.
+  in_range = jnp.all(jnp.isfinite(hc_LxBxTxD)) & (jnp.max(jnp.abs(hc_LxBxTxD)) < MAX_HIDDEN)
+  if probs_LxBxHxTxT is not None:
+    count_LxH, fraction_LxH = head_key_counts(probs_LxBxHxTxT, mask_BxT)
+    in_range = in_range & jnp.all(jnp.isfinite(probs_LxBxHxTxT))
+  return {"cosine_L": cosine_L, "key_count_LxH": count_LxH, "key_fraction_LxH": fraction_LxH, "in_range": in_range}
+
+
+def metric_names(arrays: dict) -> dict:
+  """The METRICS.md names of `saturation_arrays`' statistics (values stay arrays)."""
+  metrics = {f"eval/saturation/layer_{l}": c for l, c in enumerate(arrays["cosine_L"])}
+  count_LxH = arrays["key_count_LxH"]
+  for l in range(count_LxH.shape[0]):
+    metrics.update({f"eval/saturated_head/layer_{l}/head_{h}": count_LxH[l, h] for h in range(count_LxH.shape[1])})
+  return metrics
+
+
+def saturation_metrics(params, batch: dict, cfg: ModelConfig, scale=SCALE) -> dict:
+  """`{"eval/saturation/layer_{l}": ..., "eval/saturated_head/layer_{l}/head_{h}": ...}` (scalars).
+
+  Pure; jit it with `cfg` fixed, e.g. `make_saturation_fn`. Also accepts a full
+  Config for `cfg`.
+  """
+  cfg = getattr(cfg, "model", cfg)
+  return metric_names(saturation_arrays(params, batch, cfg, scale))
+
+
+def make_saturation_fn(cfg: ModelConfig, scale: float = SCALE, rows: int | None = None, out_shardings=None):
+  """jit of `(params, batch) -> saturation_metrics`, on the first `rows` rows of `batch` (all when None).
+
+  The attention probabilities of every layer are live at once ([L, B, H, T, T]
+  float32), so a few rows are the affordable choice for large models.
+  """
+  cfg = getattr(cfg, "model", cfg)
+
+  def fn(params, batch):
+    if rows is not None:
+      batch = {k: batch[k][:rows] for k in ("inputs", "mask")}
+    return saturation_metrics(params, batch, cfg, scale)
+
+  return jax.jit(fn, out_shardings=out_shardings)
+
+
+def head_histogram(fraction_LxH, bins: int = HISTOGRAM_BINS) -> dict:
+  """Histogram over all heads of `key_fraction` on [0, 1]: {"edges": [bins + 1], "counts": [bins]}."""
+  values = np.asarray(fraction_LxH, np.float64).reshape(-1)
+  counts, edges = np.histogram(np.clip(values[np.isfinite(values)], 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+  return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+_JITTED: dict[str, object] = {}
+
+
+def jit_saturation_arrays(cfg: ModelConfig):
+  """jit of `(params, batch, scale) -> saturation_arrays`, one per model config; `scale` is traced,
+  so any c reuses the compilation."""
+  # Configs are mutable dataclasses, hence unhashable: keyed by their JSON form, fixed by closure.
+  key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(lambda params, batch, scale: saturation_arrays(params, batch, cfg, scale))
+  return _JITTED[key]
