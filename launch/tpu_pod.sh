@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU pod slice (several TPU VM workers): runs the same
 # `lensjax train` on every worker through `gcloud compute tpus tpu-vm ssh
-# --worker=all`. The TPU runtime connects the workers (their devices form one
-# mesh) and JAX numbers the processes, so nothing else is set.
+# --worker=all`, with LENSJAX_COORDINATOR=auto: jax.distributed finds the
+# workers, their number and each one's rank through the TPU VM metadata server,
+# so nothing else is set. (jax.distributed also lets the workers agree on the
+# step at which a SIGTERM, e.g. a maintenance event, stops all of them.)
 #
 # Usage (from your workstation):
 #   launch/tpu_pod.sh NAME ZONE install
@@ -52,4 +54,4 @@ workdir=${1:?$usage}
 shift
 overrides=
 [ "$#" -eq 0 ] || printf -v overrides ' %q' "$@"
-ssh_all "cd $dir && $python -m lensjax train --config $(printf %q "$config") --workdir $(printf %q "$workdir")$overrides"
+ssh_all "cd $dir && LENSJAX_COORDINATOR=auto $python -m lensjax train --config $(printf %q "$config") --workdir $(printf %q "$workdir")$overrides"

@@ -1,24 +1,64 @@
 """`lensjax bench`: compile and time the compiled pieces of a config on this device.
 
-Each row: median seconds per call over `steps` calls after `warmup` calls, each
-call timed with the device synchronised; tokens/s; TFLOP/s per device and MFU
-from FLOPs/token = 6·N + 12·L·T·D (the training step's count, N the
-parameters without the position table); compile time; XLA's device-memory
-estimate for the compiled program.
+Row groups (`--only train,hvp,entropy,sampler`, default all):
+  train    the plain and the logging train step, on batch 0;
+  hvp      one gradient and one Hessian-vector product of the plain loss of
+           `analysis/hvp.py` (float32, explicit-softmax attention, precision
+           highest) on batch 0, in micro-batches whose logits fit 2 GiB;
+  entropy  the exact-enumeration pass of `analysis/entropy.py`: all V^T
+           prefixes when `auto` would enumerate them, else one chunk of
+           prefixes, the unit of work the exact pass repeats;
+  sampler  one batch of the Monte Carlo sampler: T tokens per sequence at
+           temperature 1 with the KV cache.
+
+Each row: median seconds per call over `steps` calls after `warmup` calls,
+each call timed with the device synchronised; tokens/s and sequences/s;
+TFLOP/s per device and MFU against the device's dense bf16 peak from the
+FLOPs per token of `FORMULAS`; compile time; XLA's device-memory account of
+the compiled program (arguments, outputs, temporaries). The train and HVP
+rows run on every device (batch sharded); the entropy and sampler rows on one
+device, since those analyses do not split their work over devices.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import statistics
-import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from lensjax import config as config_lib
-from lensjax import perf
+from lensjax import parallel, perf
+from lensjax.errors import InputError
 from lensjax.train import loop
+
+GROUPS = ("train", "hvp", "entropy", "sampler")
+WARMUP = 3
+# A gradient or HVP micro-batch keeps at most this many bytes of float32 logits: the HVP holds
+# about five B×T×V tensors (logits, their tangent, softmax, cotangent and its tangent).
+MICRO_LOGITS_BYTES = 2 * 2**30
+# Forward-over-reverse costs about three gradients in FLOPs; above this ratio something is wasted.
+HVP_TARGET_RATIO = 3.5
+# The sampler row takes the Monte Carlo batch (entropy.MC_BATCH), halved until its KV cache fits this.
+SAMPLER_CACHE_BYTES = 4 * 2**30
+# Beyond this, an estimate of a full enumeration's time is left out of the notes as meaningless.
+YEAR_S = 365.25 * 86400
+MAX_ESTIMATE_S = 1e4 * YEAR_S
+
+FORMULAS = {
+    "train": f"{perf.FLOP_FORMULA}: forward and backward",
+    "hvp": ("gradient: 6*N + 12*L*T*D per token; HVP (forward-over-reverse): 3x that, 18*N + 36*L*T*D (each "
+            "matmul of the forward and backward pass gains one tangent matmul per operand); float32 at "
+            "precision highest, MFU still against the bf16 peak"),
+    "entropy": "forward only: 2*N + 4*L*T*D per token (a third of the training count), model FLOPs only",
+    "sampler": "forward only: 2*N + 4*L*T*D per sampled token (the KV cache is attended over its full length T)",
+}
 
 
 def _time_calls(fn, args_fn, steps: int, warmup: int) -> list[float]:
@@ -33,57 +73,269 @@ def _time_calls(fn, args_fn, steps: int, warmup: int) -> list[float]:
   return times
 
 
-def bench_train_steps(config: config_lib.Config, steps: int = 20, warmup: int = 3) -> list[dict]:
-  """Times the plain and the logging train step on one fixed batch."""
-  run = loop.build(config)
+def _compile(jitted, *args, **kwargs):
+  """(compiled program, seconds to lower and compile it)."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args, **kwargs).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _row(name: str, group: str, times: list[float], *, compiled, compile_s: float, tokens: int, seq_len: int,
+         flops_token: float | None, devices: int, notes: str = "") -> dict:
+  """One row: `tokens` per call, `flops_token` FLOPs per token (None: no MFU), over `devices` devices."""
+  seconds = statistics.median(times)
+  row = {"name": name, "group": group, "seconds": seconds, "tokens_per_s": tokens / seconds,
+         "sequences_per_s": tokens / seq_len / seconds, "tflops_per_device": None, "mfu": None,
+         "compile_s": compile_s, "memory_gib": perf.memory_gib(compiled), "notes": notes}
+  if flops_token is not None:
+    row["tflops_per_device"] = flops_token * tokens / seconds / devices / 1e12
+    peak = perf.device_peak_tflops()
+    row["mfu"] = row["tflops_per_device"] / peak if peak else None
+  return row
+
+
+def forward_flops_per_token(params, cfg: config_lib.ModelConfig, seq_len: int) -> float:
+  """2·N + 4·L·T·D: the forward pass, a third of `perf.flops_per_token`."""
+  return perf.flops_per_token(params, cfg, seq_len) / 3.0
+
+
+# --------------------------------------------------------------------------
+# Row groups.
+
+
+def bench_train_steps(run: loop.Run, steps: int, warmup: int = WARMUP) -> list[dict]:
+  """The plain and the logging train step on batch 0 (they donate `run.state`: it is gone afterwards)."""
+  config = run.config
   batch = loop._batch(run, 0)
   state_holder = [run.state]
-  tokens = config.train.batch_size * config.data.seq_len
-  flops_token = perf.flops_per_token(run.state.params, config.model, config.data.seq_len)
+  T = config.data.seq_len
+  flops_token = perf.flops_per_token(run.state.params, config.model, T)
   rows = []
   for name, fn in (("train step (plain)", run.plain_step), ("train step (logging)", run.logging_step)):
-    start = time.perf_counter()
-    compiled = fn.lower(state_holder[0], batch).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = _compile(fn, state_holder[0], batch)
 
     def call(state, batch, compiled=compiled):
       state_holder[0], metrics = compiled(state, batch)
       return metrics
 
     times = _time_calls(call, lambda: (state_holder[0], batch), steps, warmup)
-    median = statistics.median(times)
-    row = {"name": name, "seconds": median, "tokens_per_s": tokens / median, "compile_s": compile_s,
-           "memory_gib": perf.memory_gib(compiled)}
-    row.update({k.split("/")[1]: v for k, v in perf.perf_metrics(median, tokens, flops_token).items()
-                if k in ("perf/tflops_per_device", "perf/mfu")})
-    rows.append(row)
+    rows.append(_row(name, "train", times, compiled=compiled, compile_s=compile_s,
+                     tokens=config.train.batch_size * T, seq_len=T, flops_token=flops_token,
+                     devices=jax.device_count()))
   plain, logging = rows[0]["seconds"], rows[1]["seconds"]
   rows[1]["vs_plain"] = logging / plain
   rows[1]["amortised_at_log_every_100"] = (99 * plain + logging) / (100 * plain)
+  rows[1]["notes"] = f"{rows[1]['vs_plain']:.3f}x plain; {rows[1]['amortised_at_log_every_100']:.4f}x at log_every=100"
   return rows
 
 
+def micro_batches(batch_size: int, seq_len: int, vocab: int, budget: int = MICRO_LOGITS_BYTES) -> int:
+  """The fewest micro-batches (a divisor of the batch) whose float32 logits fit `budget` bytes."""
+  for n in range(1, batch_size + 1):
+    if batch_size % n == 0 and (batch_size // n) * seq_len * vocab * 4 <= budget:
+      return n
+  return batch_size
+
+
+def _hvp_setup(config: config_lib.Config):
+  """Float32 parameters of the plain model (fresh init), batch 0 sharded over the mesh, a random tangent."""
+  from lensjax.analysis import hvp
+  from lensjax.data.factory import make_source
+  from lensjax.model import Transformer
+  mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
+  local = make_source(config).batch(0, config.train.batch_size, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  batch = hvp.plain_batch(parallel.shard_batch(local, mesh))
+  model = Transformer(hvp.plain_model_config(config.model))
+  init = jax.jit(lambda key: model.init(key, batch["inputs"][:1])["params"], out_shardings=parallel.replicated(mesh))
+  params = init(jax.random.PRNGKey(config.train.seed))
+  tangent = jax.jit(hvp.tree_random_normal)(jax.random.PRNGKey(1), params)
+  return params, batch, tangent
+
+
+def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_micro: int | None = None) -> list[dict]:
+  """A gradient and a Hessian-vector product of the plain loss on batch 0, over the same micro-batches."""
+  from lensjax.analysis import hvp
+  params, batch, tangent = _hvp_setup(config)
+  B, T = batch["inputs"].shape
+  n = num_micro or micro_batches(B, T, config.model.vocab_size)
+  loss_fn = hvp.make_loss_fn(config.model)
+  gradient_flops = perf.flops_per_token(params, config.model, T)
+  programs = (("gradient (plain loss)", hvp._value_and_grad_jit, (params, batch), gradient_flops),
+              ("HVP (plain loss)", hvp._hvp_jit, (params, batch, tangent), 3 * gradient_flops))
+  rows = []
+  for name, fn, args, flops_token in programs:
+    compiled, compile_s = _compile(fn, loss_fn, *args, num_micro=n)
+    times = _time_calls(compiled, lambda args=args: args, steps, warmup)
+    rows.append(_row(name, "hvp", times, compiled=compiled, compile_s=compile_s, tokens=B * T, seq_len=T,
+                     flops_token=flops_token, devices=jax.device_count(),
+                     notes=f"{n} micro-batch{'es' if n > 1 else ''}"))
+  ratio = rows[1]["vs_gradient"] = rows[1]["seconds"] / rows[0]["seconds"]
+  verdict = "meets" if ratio <= HVP_TARGET_RATIO else "misses"
+  rows[1]["notes"] += f"; {ratio:.2f}x the gradient ({verdict} the {HVP_TARGET_RATIO}x target)"
+  return rows
+
+
+def _analysis_model(config: config_lib.Config, source):
+  """(model config, target law or None, V, T, float32 log p_0) as `entropy.SequenceEntropy` sets them up."""
+  from lensjax.analysis import entropy
+  # Explicit attention, as SequenceEntropy: a fused kernel may not take these short sequences.
+  cfg = dataclasses.replace(config.model, attention="xla")
+  law = entropy.target_law(source)
+  if law is None:  # text: no law of x_0; the row times the model's part of the same work
+    V, T = config.model.vocab_size, config.data.seq_len
+    log_initial_V = np.full(V, -math.log(V))
+  else:
+    V, T, log_initial_V = law.vocab_size, law.seq_len, law.log_initial_V
+  return cfg, law, V, T, jnp.asarray(log_initial_V, jnp.float32)
+
+
+def _power_text(V: int, T: int) -> str:
+  """'V^T = 8^4 = 4,096' or, when large, 'V^T = 8^16 ≈ 2.8e14'."""
+  digits = T * math.log10(V)
+  if digits < 12:
+    return f"V^T = {V}^{T} = {V**T:,}"
+  exponent = math.floor(digits)
+  return f"V^T = {V}^{T} ≈ {10 ** (digits - exponent):.1f}e{exponent}"
+
+
+def _duration(seconds: float) -> str:
+  for unit, size in (("years", YEAR_S), ("days", 86400), ("h", 3600), ("min", 60)):
+    if seconds >= size:
+      return f"{seconds / size:,.1f} {unit}"
+  return f"{seconds:.2f} s"
+
+
+def bench_entropy(config: config_lib.Config, params, source, steps: int, warmup: int = WARMUP,
+                  max_chunk_elements: int | None = None) -> list[dict]:
+  """The exact pass: every chunk of prefixes if `auto` enumerates this V^T, else one chunk of them."""
+  from lensjax.analysis import entropy
+  cfg, law, V, T, log_initial_V = _analysis_model(config, source)
+  total = V**T
+  chunk = entropy.chunk_size(cfg, V, T, total, max_chunk_elements or entropy.MAX_CHUNK_ELEMENTS)
+  full = law is not None and total <= entropy.MAX_ENUMERATE
+  # One chunk of a large V^T: prefix digits in base 1 are all zero, which is the same program (the work does
+  # not depend on the token values) without int32 prefix numbers that V^T would overflow.
+  fn = jax.jit(functools.partial(entropy.prefix_terms, model_fn=entropy.model_apply_fn(cfg),
+                                 target_fn=law.log_probs if law else None, chunk=chunk, vocab_size=V if full else 1,
+                                 seq_len=T, total=total if full else chunk))
+  args = (params, law.params if law else None, log_initial_V)
+  compiled, compile_s = _compile(fn, *args, jnp.int32(0))
+  starts = [jnp.int32(s) for s in range(0, total if full else chunk, chunk)]
+  times = _time_calls(lambda: [compiled(*args, s) for s in starts], lambda: (), steps, warmup)
+  sequences = total if full else chunk
+  whose = "model and target" if law else "model only (no target law for text data)"
+  if full:
+    notes = f"all {_power_text(V, T)} prefixes, {len(starts)} chunk(s) of {chunk:,}; {whose}"
+  else:
+    # In logarithms: V^T overflows a float long before it stops being a Python int.
+    log10_estimate = T * math.log10(V) + math.log10(statistics.median(times) / chunk)
+    estimate = f"{_duration(10**log10_estimate)} at this rate" if log10_estimate < math.log10(MAX_ESTIMATE_S) else ""
+    verdict = (f"all of them: about {estimate}" if total <= entropy.HARD_MAX_ENUMERATE
+               else "not enumerable" + (f" ({estimate})" if estimate else ""))
+    notes = f"one chunk of {chunk:,} prefix{'es' if chunk > 1 else ''}; {_power_text(V, T)} sequences: {verdict}; {whose}"
+  name = "entropy: exact pass" if full else "entropy: one chunk"
+  return [_row(name, "entropy", times, compiled=compiled, compile_s=compile_s, tokens=sequences * T, seq_len=T,
+               flops_token=forward_flops_per_token(params, cfg, T), devices=1, notes=notes)]
+
+
+def sampler_batch(cfg: config_lib.ModelConfig, seq_len: int, budget: int = SAMPLER_CACHE_BYTES) -> tuple[int, int]:
+  """(sequences per sampler call, bytes of their KV cache): the Monte Carlo batch, halved until it fits."""
+  from lensjax.analysis import entropy
+  from lensjax.model import init_cache
+  shapes = jax.eval_shape(lambda: init_cache(cfg, 1, seq_len))
+  per_sequence = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+  batch = entropy.MC_BATCH
+  while batch > 1 and batch * per_sequence > budget:
+    batch //= 2
+  return batch, batch * per_sequence
+
+
+def bench_sampler(config: config_lib.Config, params, source, steps: int, warmup: int = WARMUP) -> list[dict]:
+  """One batch of ancestral samples of the model with the KV cache, as the Monte Carlo estimate draws them."""
+  from lensjax.analysis import entropy
+  cfg, _, _, T, log_initial_V = _analysis_model(config, source)
+  B, cache_bytes = sampler_batch(cfg, T)
+  fn = jax.jit(functools.partial(entropy.model_sample_terms, cfg=cfg, seq_len=T, batch=B))
+  args = (params, jax.random.PRNGKey(0), log_initial_V)
+  compiled, compile_s = _compile(fn, *args)
+  times = _time_calls(compiled, lambda: args, steps, warmup)
+  notes = f"batch of {B:,} sequences of {T} sampled tokens, temperature 1, KV cache {cache_bytes / 2**30:.2f} GiB"
+  return [_row("sampler (KV cache)", "sampler", times, compiled=compiled, compile_s=compile_s, tokens=B * T,
+               seq_len=T, flops_token=forward_flops_per_token(params, cfg, T), devices=1, notes=notes)]
+
+
+# --------------------------------------------------------------------------
+# The command.
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+  """`--only train,hvp` -> ("train", "hvp") in table order; None: every group."""
+  if text is None:
+    return GROUPS
+  names = [name.strip() for name in text.split(",") if name.strip()]
+  unknown = [name for name in names if name not in GROUPS]
+  if unknown or not names:
+    raise InputError(f"--only {text!r} names no row group{' ' + ', '.join(map(repr, unknown)) if unknown else ''}; "
+                     f"pass a comma list of {', '.join(GROUPS)}.")
+  return tuple(group for group in GROUPS if group in names)
+
+
+def _run_rows(config: config_lib.Config, groups: tuple[str, ...], steps: int, warmup: int) -> dict[str, list[dict]]:
+  """The train, entropy and sampler rows, which share one built run."""
+  run = loop.build(config)
+  # The analysis rows first: the train steps donate the state whose parameters they read.
+  params = jax.device_put(run.state.params, jax.devices()[0])
+  rows = {}
+  if "entropy" in groups:
+    rows["entropy"] = bench_entropy(config, params, run.source, steps, warmup)
+  if "sampler" in groups:
+    rows["sampler"] = bench_sampler(config, params, run.source, steps, warmup)
+  if "train" in groups:
+    rows["train"] = bench_train_steps(run, steps, warmup)
+  return rows
+
+
+def bench(config: config_lib.Config, groups: tuple[str, ...] = GROUPS, steps: int = 20,
+          warmup: int = WARMUP) -> list[dict]:
+  """Every row of `groups`, in table order; `config` as `loop.prepare` gives it."""
+  rows = {}
+  if set(groups) & {"train", "entropy", "sampler"}:
+    rows.update(_run_rows(config, groups, steps, warmup))  # the run's state is freed before the HVP
+  if "hvp" in groups:
+    rows["hvp"] = bench_hvp(config, steps, warmup)
+  return [row for group in GROUPS for row in rows.get(group, [])]
+
+
 def format_table(rows: list[dict]) -> str:
-  header = f"{'':24s} {'ms':>9s} {'tokens/s':>12s} {'TFLOP/s':>8s} {'MFU':>6s} {'compile s':>9s} {'mem GiB':>8s}  notes"
+  header = (f"{'':22s} {'ms':>10s} {'tokens/s':>12s} {'seqs/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} "
+            f"{'compile s':>9s} {'mem GiB':>8s}  notes")
   lines = [header]
   for r in rows:
-    mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
-    notes = ""
-    if "vs_plain" in r:
-      notes = f"{r['vs_plain']:.3f}x plain; {r['amortised_at_log_every_100']:.4f}x at log_every=100"
-    memory = f"{r['memory_gib']:.2f}" if r.get("memory_gib") is not None else "n/a"
-    lines.append(f"{r['name']:24s} {1e3 * r['seconds']:9.2f} {r['tokens_per_s']:12,.0f} "
-                 f"{r.get('tflops_per_device', 0):8.1f} {mfu:>6s} {r['compile_s']:9.1f} {memory:>8s}  {notes}")
+    tflops = f"{r['tflops_per_device']:.3g}" if r["tflops_per_device"] is not None else "n/a"
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+    memory = f"{r['memory_gib']:.3g}" if r["memory_gib"] is not None else "n/a"
+    lines.append(f"{r['name']:22s} {1e3 * r['seconds']:10.2f} {r['tokens_per_s']:12,.0f} {r['sequences_per_s']:10,.1f} "
+                 f"{tflops:>8s} {mfu:>6s} {r['compile_s']:9.1f} {memory:>8s}  {r['notes']}")
   return "\n".join(lines)
 
 
-def main(config: config_lib.Config, as_json: bool, steps: int) -> int:
+def format_report(result: dict) -> str:
+  peak = result["peak_tflops"]
+  lines = [f"device {result['device']}, jax {result['jax']}; MFU against "
+           + (f"{peak:.0f} TFLOP/s dense bf16 per device" if peak else "no known bf16 peak for this device (n/a)"),
+           format_table(result["rows"]), "FLOPs per token (N = parameters excluding position embeddings):"]
+  lines += [f"  {group:8s} {formula}" for group, formula in result["formulas"].items()]
+  return "\n".join(lines)
+
+
+def main(config: config_lib.Config, as_json: bool, steps: int, only: str | None = None) -> int:
+  groups = parse_only(only)
+  if steps < 1:
+    raise InputError(f"--steps {steps} times nothing; pass --steps 1 or more.")
   config = loop.prepare(config)
-  rows = bench_train_steps(config, steps=steps)
-  device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
-  if as_json:
-    print(json.dumps({"device": device, "jax": jax.__version__, "formula": perf.FLOP_FORMULA, "rows": rows}))
-  else:
-    print(f"device {device}, jax {jax.__version__}; {perf.FLOP_FORMULA}", file=sys.stderr)
-    print(format_table(rows))
+  rows = bench(config, groups, steps)
+  result = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__,
+            "peak_tflops": perf.device_peak_tflops(), "formulas": {g: FORMULAS[g] for g in groups}, "rows": rows}
+  print(json.dumps(result) if as_json else format_report(result))
   return 0

@@ -32,7 +32,7 @@ def _load_config(args, extra: list[str]):
 
 def _bench(args, extra: list[str]) -> int:
   from lensjax import bench
-  return bench.main(_load_config(args, extra), args.json, args.steps)
+  return bench.main(_load_config(args, extra), args.json, args.steps, args.only)
 
 
 def _report(args, extra: list[str]) -> int:
@@ -58,16 +58,19 @@ def parser() -> argparse.ArgumentParser:
   report.add_argument("--last", type=int, default=5, metavar="N",
                       help="average per-layer statistics over the last N logged steps (default 5)")
   report.set_defaults(handler=_report)
-  bench = commands.add_parser("bench", help="compile and time the train steps of a config on this device",
+  bench = commands.add_parser("bench", help="compile and time the train steps, gradient and HVP, exact-entropy "
+                              "enumeration and sampler of a config on this device",
                               epilog="Override any config value with --config.SECTION.KEY=VALUE.")
   bench.add_argument("--config", required=True, help="a config file such as configs/gpt2_small.py")
   bench.add_argument("--steps", type=int, default=20, help="timed calls per row (after 3 warm-up calls)")
+  bench.add_argument("--only", default=None, metavar="GROUPS",
+                     help="a comma list of row groups: train, hvp, entropy, sampler (default: all)")
   bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
   bench.set_defaults(handler=_bench)
   # The analyses on a run's checkpoints and the sweep runner register their own subcommands.
   from lensjax import sweep
-  from lensjax.analysis import entropy_cli, saturation_cli, spikes_cli
-  for module in (sweep, entropy_cli, spikes_cli, saturation_cli):
+  from lensjax.analysis import entropy_cli, hessian_cli, saturation_cli, spikes_cli
+  for module in (sweep, entropy_cli, hessian_cli, spikes_cli, saturation_cli):
     module.add_parser(commands)
   return top
 

@@ -94,6 +94,10 @@ class StatsConfig:
   probe_tokens: int = 0  # >0: FFN/attention statistics on a fixed held-out probe batch of this many tokens
   saturation_every: int = 0  # >0: eval/saturation/* and eval/saturated_head/* (c = 1000) every this many steps
   hessian_every: int = 0  # >0: hessian/* (power iteration, Hutchinson trace) every this many steps; 0 = off
+  hessian_power_iters: int = 20  # power iterations per hessian/* measurement, warm-started (3x the first time)
+  hessian_trace_probes: int = 8  # Rademacher probes of the Hutchinson trace (0: no hessian/trace)
+  spike_window: int = 20  # spike/*: a loss is a spike above the median of the previous this-many losses ...
+  spike_k: float = 6.0  # ... by more than this many median absolute deviations
 
 
 @dataclasses.dataclass
@@ -303,19 +307,23 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
       "stats.attention_sub_batch": config.stats.attention_sub_batch,
       "checkpoint.save_every": config.checkpoint.save_every, "checkpoint.keep": config.checkpoint.keep,
       "logging.log_every": config.logging.log_every, "logging.eval_batches": config.logging.eval_batches,
-      "parallel.fsdp": config.parallel.fsdp,
+      "parallel.fsdp": config.parallel.fsdp, "stats.spike_window": config.stats.spike_window,
+      "stats.hessian_power_iters": config.stats.hessian_power_iters,
   }
   for key, value in positive.items():
     _check(value > 0, f"config key {key} is {value}; it must be positive.")
   nonnegative = {"model.vocab_size": m.vocab_size, "data.num_sequences": d.num_sequences,
                  "optim.warmup_steps": o.warmup_steps, "checkpoint.keep_every": config.checkpoint.keep_every, "stats.probe_tokens": config.stats.probe_tokens,
                  "stats.saturation_every": config.stats.saturation_every,
-                 "stats.hessian_every": config.stats.hessian_every, "optim.weight_decay": o.weight_decay,
+                 "stats.hessian_every": config.stats.hessian_every,
+                 "stats.hessian_trace_probes": config.stats.hessian_trace_probes, "optim.weight_decay": o.weight_decay,
                  "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every,
                  "logging.entropy_every": config.logging.entropy_every}
   for key, value in nonnegative.items():
     _check(value >= 0, f"config key {key} is {value}; it must be zero or positive.")
   _check(o.lr > 0 and math.isfinite(o.lr), f"config key optim.lr is {o.lr}; it must be a positive number.")
+  _check(config.stats.spike_k > 0 and math.isfinite(config.stats.spike_k),
+         f"config key stats.spike_k is {config.stats.spike_k}; it must be a positive number.")
   _check(0.0 <= m.dropout < 1.0, f"config key model.dropout is {m.dropout}; it must be in [0, 1).")
   _check(d.markov_alpha > 0, f"config key data.markov_alpha is {d.markov_alpha}; it must be positive.")
   if d.source == "markov" and d.markov_initial == "stationary":
@@ -356,7 +364,8 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
 # logging and checkpoint intervals, learning rate, ...) may change on resume.
 RESUME_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
                     if f.name not in ("dropout", "attention", "remat", "dtype")) + (
-                        "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed")
+                        "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed",
+                        "stats.spike_window")  # the spike window's length is an array shape in the train state
 
 
 def resume_conflicts(saved: dict, config: Config) -> list[str]:

@@ -18,8 +18,8 @@ DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
-# Explicit multi-process settings; SLURM and Cloud TPU VMs need none.
-ENV_COORDINATOR = "LENSJAX_COORDINATOR"  # host:port of process 0
+# Explicit multi-process settings; SLURM needs none.
+ENV_COORDINATOR = "LENSJAX_COORDINATOR"  # host:port of process 0, or "auto": JAX finds the cluster (Cloud TPU VMs)
 ENV_NUM_PROCESSES = "LENSJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "LENSJAX_PROCESS_ID"
 
@@ -28,10 +28,14 @@ def initialize_distributed() -> None:
   """Starts `jax.distributed` when this process is one of several.
 
   Explicit settings come from LENSJAX_COORDINATOR / LENSJAX_NUM_PROCESSES /
-  LENSJAX_PROCESS_ID; under SLURM (more than one task) and on multi-host TPU
-  VMs JAX finds them in the environment itself. A single process does nothing.
+  LENSJAX_PROCESS_ID; with LENSJAX_COORDINATOR=auto (Cloud TPU VMs, whose
+  workers JAX finds through the metadata server), under SLURM (more than one
+  task) and on GKE TPU JAX finds them in the environment itself. A single
+  process does nothing.
   """
-  if os.environ.get(ENV_COORDINATOR):
+  if os.environ.get(ENV_COORDINATOR) == "auto":
+    jax.distributed.initialize()
+  elif os.environ.get(ENV_COORDINATOR):
     kwargs = dict(coordinator_address=os.environ[ENV_COORDINATOR],
                   num_processes=int(os.environ[ENV_NUM_PROCESSES]),
                   process_id=int(os.environ[ENV_PROCESS_ID]))
@@ -41,6 +45,19 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(**kwargs)
   elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
     jax.distributed.initialize()
+
+
+def wait_for_all_processes(name: str, timeout_s: float = 3600.0) -> None:
+  """Blocks until every process of a jax.distributed job gets here; returns at once without one.
+
+  A barrier of the coordination service, not a collective: processes may
+  arrive minutes apart (one compiled a step, another read it from the
+  compilation cache), and the first CPU collective (gloo) of a group gives up
+  when a peer is more than 30 s late.
+  """
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    ocp.multihost.get_barrier_sync_fn()(key=f"lensjax:{name}", timeout_ms=int(timeout_s * 1000))
 
 
 def make_mesh(devices=None, fsdp: int = 1) -> Mesh:

@@ -81,17 +81,31 @@ def tree_normalize(a: Tree) -> Tree:
   return tree_scale(a, 1.0 / jnp.maximum(tree_norm(a), 1e-30))
 
 
-def _leaf_keys(key, like: Tree) -> Tree:
+def _flat_draw(draw, key, like: Tree) -> Tree:
+  """One random draw for all coordinates, cut into the leaves: a threefry graph per leaf
+  would make the program (and its compile time) grow with the number of leaves."""
   leaves, treedef = jax.tree.flatten(like)
-  return jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
+  sizes = [int(x.size) for x in leaves]
+  flat = draw(key, (sum(sizes),))
+  pieces = jnp.split(flat, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [flat]
+  return jax.tree.unflatten(treedef, [p.reshape(x.shape).astype(x.dtype) for p, x in zip(pieces, leaves)])
 
 
 def tree_random_normal(key, like: Tree) -> Tree:
-  return jax.tree.map(lambda k, x: jax.random.normal(k, x.shape, x.dtype), _leaf_keys(key, like), like)
+  return _flat_draw(lambda k, shape: jax.random.normal(k, shape, F32), key, like)
 
 
 def tree_rademacher(key, like: Tree) -> Tree:
-  return jax.tree.map(lambda k, x: jax.random.rademacher(k, x.shape, x.dtype), _leaf_keys(key, like), like)
+  return _flat_draw(lambda k, shape: jax.random.rademacher(k, shape, F32), key, like)
+
+
+def match_shardings(tree: Tree, like: Tree) -> Tree:
+  """`tree` placed like `like`, leaf by leaf (a no-op where it already is).
+
+  The warm-start vectors come back from a compiled call with shardings of XLA's
+  choosing; passed back as they are, they would compile the next call afresh.
+  """
+  return jax.tree.map(lambda x, y: jax.device_put(x, y.sharding) if hasattr(y, "sharding") else x, tree, like)
 
 
 def tree_size(a: Tree) -> int:
@@ -320,17 +334,18 @@ def power_iterations(matvecs: Callable[[tuple], tuple], v0s: tuple, num_iters) -
 
   `num_iters` steps of v <- Av/||Av|| in `lax.fori_loop`, then lambda = v.Av with
   the last product (num_iters + 1 products in all). The loop applies the
-  operator once per turn, to the start vectors on turn 0, so that the traced
-  program holds a single copy of it: compile time is that of one product.
+  operator once per turn, to the normalised start vectors on turn 0, so that
+  the traced program holds a single copy of it: compile time is that of one
+  product.
   """
-  def body(i, carry):
-    vs, images = carry
-    vs = tuple(jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), v, tree_normalize(image))
-               for v, image in zip(vs, images))
-    return vs, tuple(matvecs(vs))
+  def body(_, carry):
+    _, images = carry
+    vs = tuple(tree_normalize(image) for image in images)
+    # Images in the start vectors' dtypes, so that the loop carry keeps its type.
+    return vs, tuple(jax.tree.map(lambda y, x: y.astype(x.dtype), image, v) for image, v in zip(matvecs(vs), v0s))
 
-  starts = tuple(tree_normalize(v) for v in v0s)
-  vs, images = jax.lax.fori_loop(0, num_iters + 1, body, (starts, starts))
+  # The carry starts with the start vectors as "images": turn 0 normalises and applies A to them.
+  vs, images = jax.lax.fori_loop(0, num_iters + 1, body, (tuple(v0s), tuple(v0s)))
   results = []
   for v, image in zip(vs, images):
     eigenvalue = tree_dot(v, image)
@@ -534,8 +549,12 @@ def _spec(optim_cfg) -> _OptimSpec:
   return _OptimSpec(optim_cfg.name, float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps))
 
 
+@jax.jit
 def initial_vectors(params: Tree, key) -> dict:
-  """Random unit start vectors of the power iterations (H and, for Adam, the preconditioned operator)."""
+  """Random unit start vectors of the power iterations (H and, for Adam, the preconditioned operator).
+
+  Jitted: op by op, the per-leaf random draws and sums would each compile separately.
+  """
   return {"hessian": tree_normalize(tree_random_normal(jax.random.fold_in(key, 0), params)),
           "precond": tree_normalize(tree_random_normal(jax.random.fold_in(key, 1), params))}
 
@@ -557,6 +576,7 @@ def hessian_metrics(params: Tree, batch: dict, opt_state, cfg: Config, lr, key, 
   loss_fn = loss_fn or make_loss_fn(cfg.model)
   if prev_vector is None:
     prev_vector = initial_vectors(params, jax.random.fold_in(key, 1))
+  prev_vector = match_shardings(prev_vector, {"hessian": params, "precond": params})
   metrics, vector, _ = hessian_core(loss_fn, params, plain_batch(batch), opt_state, lr, key, prev_vector,
                                     optim=_spec(cfg.optim), power_iters=power_iters, trace_probes=trace_probes,
                                     num_micro=num_micro)

@@ -1,17 +1,10 @@
 """Loss spikes: detect them, replay training up to them, and measure what the curvature did.
 
-Detection is one rule, used online (in the train state, every step) and
-offline (over metrics.jsonl): a loss is a spike when it exceeds the median of
-the previous W losses by more than k median absolute deviations,
-
-    spike(t)  ⇔  L_t > median(L_{t−W..t−1}) + k · max(MAD, MAD_FLOOR·|median|),
-
-and a non-finite loss is always one. The window is a ring buffer of arrays
-(`SpikeWindow`), so `update` is pure and jit-able; the offline detector is the
+Detection is one rule (`lensjax.stats.spikes`), used online in the train
+step (`spike/detected`, every step) and offline here over metrics.jsonl: the
 same `update` run in `lax.scan` over the logged losses, so the two agree by
 construction (offline, "the previous W losses" are the previous W *logged*
-records). Only finite losses enter the window, and only once it holds W of
-them does anything count as a spike.
+records).
 
 Replay: data order and every key are functions of (seed, step), so the state
 at any step is the nearest checkpoint at or before it (or the initial state,
@@ -25,7 +18,6 @@ import os
 import sys
 from typing import Callable, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,45 +25,11 @@ import numpy as np
 from lensjax.analysis import hvp
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.names import flatten_metrics
-
-F32 = jnp.float32
-# A constant loss has MAD 0; without a floor any rounding wobble above it would count as a spike.
-MAD_FLOOR = 1e-3
+from lensjax.stats.spikes import SpikeWindow, spike_window, threshold, update  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------
-# Detection.
-
-
-@flax.struct.dataclass
-class SpikeWindow:
-  losses_W: jax.Array  # float32 [W]: the last W finite losses, a ring buffer (order does not matter to a median)
-  count: jax.Array  # int32: finite losses seen so far; the next one goes to slot count % W
-  k: jax.Array  # float32: the threshold in median absolute deviations
-
-
-def spike_window(window: int = 20, k: float = 6.0) -> SpikeWindow:
-  """An empty window of `window` losses (put it in the train state; it is checkpointed with it)."""
-  return SpikeWindow(jnp.zeros((window,), F32), jnp.zeros((), jnp.int32), jnp.asarray(k, F32))
-
-
-def threshold(window: SpikeWindow) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(median, MAD, threshold) of the losses in the window."""
-  median = jnp.median(window.losses_W)
-  mad = jnp.median(jnp.abs(window.losses_W - median))
-  return median, mad, median + window.k * jnp.maximum(mad, MAD_FLOOR * jnp.abs(median))
-
-
-def update(window: SpikeWindow, loss) -> tuple[SpikeWindow, jax.Array]:
-  """Judges `loss` against the previous W losses, then adds it; returns `(window, detected)`."""
-  W = window.losses_W.shape[0]
-  loss = jnp.asarray(loss, F32)
-  _, _, limit = threshold(window)
-  finite = jnp.isfinite(loss)
-  detected = (window.count >= W) & (~finite | (loss > limit))
-  slot = window.count % W
-  losses_W = jnp.where(finite, window.losses_W.at[slot].set(loss), window.losses_W)
-  return window.replace(losses_W=losses_W, count=window.count + finite.astype(jnp.int32)), detected
+# Detection (the rule itself is lensjax.stats.spikes, shared with the train step).
 
 
 @jax.jit
@@ -211,8 +169,9 @@ class StepAnalyser:
     iters = self.power_iters
     if self.vectors is None:
       self.vectors, iters = hvp.initial_vectors(before.params, key), self.cold_iters
+    vectors = hvp.match_shardings(self.vectors, {"hessian": before.params, "precond": before.params})
     curvature, self.vectors, residuals = hvp.hessian_core(
-        self.loss_fn, before.params, batch, before.opt_state, metrics["train/lr"], key, self.vectors,
+        self.loss_fn, before.params, batch, before.opt_state, metrics["train/lr"], key, vectors,
         power_iters=iters, optim=self.optim, trace_probes=0)
     terms = hvp.update_terms(self.loss_fn, before.params, after.params, batch)
     logged = {k: v for k, v in metrics.items() if not k.startswith("units/")}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import sys
 
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
+from lensjax import parallel
 from lensjax.errors import CheckpointWriteError, InputError
 
 
@@ -26,6 +27,7 @@ class Checkpoints:
     """`cleanup_unfinished`: delete the partial writes of a killed run (STEP.orbax-checkpoint-tmp); only for the
     training run that owns the directory, never for a reader that may run beside it."""
     self.directory = os.path.abspath(directory)
+    _drop_disk_full_tracebacks()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None, create=True,
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=cleanup_unfinished)
@@ -91,15 +93,13 @@ class Checkpoints:
 
   def _set_aside(self, steps: list[int]) -> None:
     """Renames unreadable step directories to STEP.unreadable, so that the resumed run can save those steps again."""
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("lensjax:unreadable checkpoints found")
+    parallel.wait_for_all_processes("unreadable checkpoints found")
     if jax.process_index() == 0:
       for step in steps:
         path = os.path.join(self.directory, str(step))
         if os.path.isdir(path):
           os.replace(path, path + ".unreadable")
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("lensjax:unreadable checkpoints set aside")
+    parallel.wait_for_all_processes("unreadable checkpoints set aside")
     self._manager.reload()
 
   @contextlib.contextmanager
@@ -146,6 +146,22 @@ def _disk_full(error: BaseException | None) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+class _DiskFullTracebackFilter(logging.Filter):
+  """Orbax logs the traceback of a failed background write before the next save raises the error again. On a
+  full disk that traceback would bury the one sentence lensjax prints, so it goes; the one-line record stays."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and _disk_full(record.exc_info[1]):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _drop_disk_full_tracebacks() -> None:
+  absl_logger = logging.getLogger("absl")  # where absl.logging, which Orbax uses, sends its records
+  if not any(isinstance(f, _DiskFullTracebackFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_DiskFullTracebackFilter())
 
 
 def abstract_like(state):

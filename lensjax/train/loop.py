@@ -15,6 +15,7 @@ import sys
 import time
 
 import jax
+from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
 from lensjax import parallel, perf
@@ -64,7 +65,8 @@ def build(config: config_lib.Config, mesh=None) -> Run:
   model_stats = Transformer(config.model, collect_stats=True)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  init = lambda: create_state(model_plain, tx, config.model, config.data.seq_len, config.train.seed)
+  init = lambda: create_state(model_plain, tx, config.model, config.data.seq_len, config.train.seed,
+                              config.stats.spike_window, config.stats.spike_k)
   state_sharding = parallel.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sharding)()
   common = dict(tx=tx, schedule=schedule, dead_window=config.stats.dead_window)
@@ -105,13 +107,28 @@ def halt_message(run: Run, state, checkpoints: Checkpoints) -> str:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Turns SIGTERM into a stop between steps.
+
+  One process: a flag of its own. Several (jax.distributed): JAX's preemption
+  notifier catches SIGTERM and the processes agree on the step at which all of
+  them stop; flags of their own would stop them at different steps, each then
+  waiting for the others in a collective.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._agreed = jax.distributed.is_initialized()
+
+  def reached(self, step: int) -> bool:
+    """Whether to stop before `step`; every process asks at every step."""
+    if self._agreed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def __enter__(self):
+    if self._agreed:  # leave SIGTERM to JAX's notifier
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no signal handling
@@ -198,7 +215,32 @@ def periodic_analyses(run: Run) -> list[tuple[int, object]]:
     key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0xE7)
     analyses.append((config.logging.entropy_every, lambda state, batch, step: periodic_entropy_metrics(
         state.params, config, run.source, jax.random.fold_in(key, step))))
+  if config.stats.hessian_every:
+    analyses.append((config.stats.hessian_every, hessian_analysis(run)))
   return analyses
+
+
+def hessian_analysis(run: Run):
+  """`hessian/*` at the state after a step, on that step's batch, at the next step's learning rate.
+
+  The power iterations start from the previous measurement's eigenvectors
+  (held here, on device): a resumed run starts its first measurement cold,
+  with three times the iterations.
+  """
+  from lensjax.analysis import hvp
+  config, vectors = run.config, {}
+  loss_fn = hvp.make_loss_fn(config.model)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0x4E55)
+  iters = config.stats.hessian_power_iters
+
+  def analysis(state, batch, step):
+    warm = vectors.get("last")
+    metrics, vectors["last"] = hvp.hessian_metrics(
+        state.params, batch, state.opt_state, config, run.schedule(step + 1), jax.random.fold_in(key, step), warm,
+        power_iters=iters if warm is not None else 3 * iters, trace_probes=config.stats.hessian_trace_probes,
+        loss_fn=loss_fn)
+    return metrics
+  return analysis
 
 
 def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None) -> object:
@@ -250,10 +292,12 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   periodic = periodic_analyses(run)
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
+    parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
   with _Preemption() as preemption:
     for step in range(start_step, total):
-      if preemption.requested or step == stop_at_step:
-        _log(f"{'SIGTERM' if preemption.requested else 'stop requested'}: saving a checkpoint at step {step}")
+      preempted = preemption.reached(step)
+      if preempted or step == stop_at_step:
+        _log(f"{'SIGTERM' if preempted else 'stop requested'}: saving a checkpoint at step {step}")
         break
       is_log = step % log_every == 0 or step == total - 1
       batch = _batch(run, step)

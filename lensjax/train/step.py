@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from lensjax.model import head_matrix
+from lensjax.stats import spikes
 from lensjax.stats.sparsity import dead_units, track_dead_units
 from lensjax.train.loss import fused_loss, masked_token_mean
 
@@ -89,13 +90,18 @@ def train_step(state, batch, *, model, tx, schedule, dead_window: int, lenses: S
                               (state.params, state.opt_state))
   last_active, metrics = track_dead_units(state.unit_last_active, aux.get("ffn_unit_active"), state.step, dead_window)
   skipped = state.skipped_steps + (~finite).astype(jnp.int32)
+  loss_window, spiked = spikes.update(state.loss_window, loss)
+  spike_count = state.spike_count + spiked.astype(jnp.int32)
+  last_spike_step = jnp.where(spiked, state.step, state.last_spike_step)
   metrics.update({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": schedule(state.step),
-                  "train/skipped_steps": skipped})
+                  "train/skipped_steps": skipped, "spike/detected": spiked.astype(F32), "spike/count": spike_count,
+                  "spike/last_step": last_spike_step})
   view = StepView(batch, tokens, aux, state.params, params, grads, updates, opt_state, state.step)
   for lens in lenses:
     metrics.update(lens(view))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, unit_last_active=last_active,
-                            skipped_steps=skipped,
+                            skipped_steps=skipped, loss_window=loss_window, spike_count=spike_count,
+                            last_spike_step=last_spike_step,
                             first_bad_step=jnp.where((state.first_bad_step < 0) & ~finite, state.step,
                                                      state.first_bad_step))
   if model.collect_stats and last_active is not None:

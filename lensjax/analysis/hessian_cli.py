@@ -1,0 +1,146 @@
+"""`lensjax hessian --workdir DIR [--step N] [--json]`: the curvature of a checkpoint.
+
+Loads checkpoint N and, on the training batch that step N would consume (the
+batch the next update sees), measures with Hessian-vector products of the
+plain loss: λ_max(H) by power iteration with its residual ‖Hv − λv‖, λ_max of
+Adam's preconditioned Hessian P^{-1/2} H P^{-1/2} against the stability
+threshold at that step's learning rate, Hutchinson's trace with its standard
+error, the top-k eigenvalues by Lanczos with a stochastic-Lanczos-quadrature
+spectral density (W/hessian/spectrum_{N}.png), and λ_max of each layer's own
+block of H. Scalars go to the run's TensorBoard under `hessian/*`.
+
+With --json, one object: `{"step", "hessian/lambda_max", "lambda_max_residual",
+"hessian/lambda_max_precond", "hessian/stability_threshold", "hessian/trace",
+"hessian/trace_stderr", "top_eigenvalues", "slq_trace", "density":
+{"nodes", "weights"}, "hessian/lambda_max/layer_{l}", "png"}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import numpy as np
+
+from lensjax.analysis import common
+from lensjax.errors import InputError
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+  parser = commands.add_parser("hessian", help="curvature of a checkpoint: λ_max (plain and Adam-preconditioned), "
+                                               "trace, top-k eigenvalues and spectral density, per-layer λ_max")
+  common.add_common_arguments(parser)
+  parser.add_argument("--power-iters", type=int, default=100, help="power iterations (default 100)")
+  parser.add_argument("--trace-probes", type=int, default=32, help="Rademacher probes of the trace (default 32)")
+  parser.add_argument("--lanczos-steps", type=int, default=40, help="Lanczos steps per probe (default 40; 0: skip)")
+  parser.add_argument("--slq-probes", type=int, default=2, help="Lanczos probes of the density (default 2)")
+  parser.add_argument("--top-k", type=int, default=5, help="top eigenvalues reported (default 5)")
+  parser.add_argument("--micro-batches", type=int, default=1,
+                      help="split the batch into this many micro-batches, averaged in lax.scan (less memory)")
+  parser.add_argument("--no-layers", action="store_true", help="skip the per-layer λ_max")
+  parser.set_defaults(handler=handler)
+  return parser
+
+
+def _check_arguments(args, extra: list[str]) -> None:
+  if extra:
+    raise InputError(f"lensjax hessian takes no {' '.join(extra)}; see lensjax hessian --help.")
+  for name, low in (("power_iters", 1), ("trace_probes", 0), ("lanczos_steps", 0), ("slq_probes", 1), ("top_k", 1),
+                    ("micro_batches", 1)):
+    if getattr(args, name) < low:
+      raise InputError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be at least {low}.")
+
+
+def density_png(nodes, weights, path: str, title: str) -> str:
+  """The SLQ density, each Ritz value broadened by a Gaussian, on a symmetric-log axis."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
+  span = max(float(np.max(np.abs(nodes))), 1e-12)
+  grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, 2000)
+  width = 0.01 * span
+  density = (weights[None, :] * np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / width) ** 2)).sum(1)
+  density /= width * math.sqrt(2 * math.pi)
+  figure = Figure(figsize=(7, 3.5))
+  axes = figure.subplots()
+  axes.semilogy(grid, np.maximum(density, 1e-12), color="tab:blue")
+  axes.set_ylim(bottom=max(1e-8, float(density.max()) * 1e-8))
+  axes.set_xlabel("eigenvalue of H")
+  axes.set_ylabel("density (SLQ)")
+  axes.set_title(title)
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  figure.savefig(path, dpi=110)
+  return path
+
+
+def handler(args, extra: list[str]) -> int:
+  _check_arguments(args, extra)
+  import jax  # pylint: disable=import-outside-toplevel  # heavy: only once the arguments are good
+  from lensjax.analysis import hvp  # pylint: disable=import-outside-toplevel
+  from lensjax.train import loop  # pylint: disable=import-outside-toplevel
+
+  loaded = common.load_run(args.workdir, args.step)
+  config, params, step = loaded.config, loaded.params, loaded.step
+  if config.train.batch_size % args.micro_batches:
+    raise InputError(f"--micro-batches {args.micro_batches} does not divide train.batch_size "
+                     f"{config.train.batch_size}; pick a divisor.")
+  batch = hvp.plain_batch(loop._batch(loaded.run, step))
+  loss_fn = hvp.make_loss_fn(config.model)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step)
+  micro = args.micro_batches
+  vectors = hvp.initial_vectors(params, key)
+  metrics, _, residuals = hvp.hessian_core(
+      loss_fn, params, batch, loaded.state.opt_state, loaded.run.schedule(step), key, vectors,
+      optim=hvp._spec(config.optim), power_iters=args.power_iters, trace_probes=args.trace_probes, num_micro=micro)
+  metrics, residuals = jax.device_get((metrics, residuals))
+  results = {name: float(value) for name, value in metrics.items()}
+  results["lambda_max_residual"] = float(residuals["hessian"])
+  if "precond" in residuals:
+    results["lambda_max_precond_residual"] = float(residuals["precond"])
+  if args.lanczos_steps:
+    spectrum = hvp.slq(loss_fn, params, batch, jax.random.fold_in(key, 7), num_steps=args.lanczos_steps,
+                       num_probes=args.slq_probes, top_k=args.top_k, num_micro=micro)
+    results["top_eigenvalues"] = [float(x) for x in spectrum.top_eigenvalues]
+    results["slq_trace"] = spectrum.trace
+    results["density"] = {"nodes": spectrum.nodes.tolist(), "weights": spectrum.weights.tolist()}
+  if not args.no_layers:
+    for layer in range(config.model.num_layers):
+      mask = hvp.layer_mask(params, config.model, layer)
+      top = hvp.top_eigenpair(loss_fn, params, batch, hvp.initial_vectors(params, jax.random.fold_in(key, layer))
+                              ["hessian"], args.power_iters, mask=mask, num_micro=micro)
+      results[f"hessian/lambda_max/layer_{layer}"] = float(top.eigenvalue)
+  if args.lanczos_steps and jax.process_index() == 0:
+    results["png"] = density_png(spectrum.nodes, spectrum.weights,
+                                 os.path.join(loaded.workdir, "hessian", f"spectrum_{step:06d}.png"),
+                                 f"Hessian spectral density at step {step} ({args.slq_probes} SLQ probes × "
+                                 f"{args.lanczos_steps} Lanczos steps)")
+  scalars = {k: v for k, v in results.items() if k.startswith("hessian/") and math.isfinite(v)}
+  common.report(loaded, results, summary_text(results, step), args.json, scalars)
+  return 0
+
+
+def summary_text(results: dict, step: int) -> str:
+  get = lambda name: results.get(name, float("nan"))
+  lines = [f"Hessian of the training loss at step {step} (on the batch of step {step})",
+           f"  λ_max(H)                 {get('hessian/lambda_max'):12.5g}   residual ‖Hv − λv‖ "
+           f"{get('lambda_max_residual'):.3g}"]
+  if "hessian/lambda_max_precond" in results:
+    lines.append(f"  λ_max(P^-½ H P^-½)       {get('hessian/lambda_max_precond'):12.5g}   against the threshold "
+                 f"{get('hessian/stability_threshold'):.5g}")
+  else:
+    lines.append(f"  stability threshold 2/η  {get('hessian/stability_threshold'):12.5g}")
+  if "hessian/trace" in results:
+    lines.append(f"  tr(H) (Hutchinson)       {get('hessian/trace'):12.5g} ± {get('hessian/trace_stderr'):.3g}")
+  if "top_eigenvalues" in results:
+    lines.append("  top eigenvalues (Lanczos) " + ", ".join(f"{x:.5g}" for x in results["top_eigenvalues"]))
+    lines.append(f"  tr(H) (SLQ)              {results['slq_trace']:12.5g}")
+  layers = sorted((k for k in results if k.startswith("hessian/lambda_max/layer_")),
+                  key=lambda k: int(k.rsplit("_", 1)[1]))
+  for name in layers:
+    lines.append(f"  λ_max, block of {name.rsplit('/', 1)[1]:9s} {results[name]:12.5g}")
+  if "png" in results:
+    lines.append(f"  spectral density: {results['png']}")
+  return "\n".join(lines)
