@@ -298,11 +298,12 @@ def can_mount_tmpfs() -> bool:
 @pytest.mark.skipif(sys.platform != "linux" or not shutil.which("unshare") or not can_mount_tmpfs(),
                     reason="needs unprivileged user and mount namespaces to mount a small tmpfs")
 def test_a_really_full_disk_on_the_command_line_exits_1_with_one_sentence(tmp_path):
-  """The checkpoint directory is a 700 KiB tmpfs (about two checkpoints of the tiny model): TensorStore's own ENOSPC."""
+  """The checkpoint directory is a 2400 KiB tmpfs: room for two checkpoints of the tiny model (about 900 KiB each), not
+  for three, so the third save meets TensorStore's own ENOSPC."""
   workdir = tmp_path / "run"
   (workdir / "checkpoints").mkdir(parents=True)
   config_file = write_config_file(tmp_path / "faults.py", faults_config(**{"checkpoint.save_every": 2}))
-  command = (f"mount -t tmpfs -o size=700k tmpfs {workdir / 'checkpoints'} && exec {sys.executable} -m lensjax train "
+  command = (f"mount -t tmpfs -o size=2400k tmpfs {workdir / 'checkpoints'} && exec {sys.executable} -m lensjax train "
              f"--config {config_file} --workdir {workdir}")
   result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=dict(os.environ),

@@ -149,8 +149,9 @@ def _disk_full(error: BaseException | None) -> bool:
 
 
 class _DiskFullTracebackFilter(logging.Filter):
-  """Orbax logs the traceback of a failed background write before the next save raises the error again. On a
-  full disk that traceback would bury the one sentence lensjax prints, so it goes; the one-line record stays."""
+  """Orbax logs the traceback of a failed background write before the next save raises the error again, and
+  asyncio those of its abandoned write tasks at exit. On a full disk these tracebacks would bury the one sentence
+  lensjax prints, so they go; the one-line records stay."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.exc_info and _disk_full(record.exc_info[1]):
@@ -159,9 +160,10 @@ class _DiskFullTracebackFilter(logging.Filter):
 
 
 def _drop_disk_full_tracebacks() -> None:
-  absl_logger = logging.getLogger("absl")  # where absl.logging, which Orbax uses, sends its records
-  if not any(isinstance(f, _DiskFullTracebackFilter) for f in absl_logger.filters):
-    absl_logger.addFilter(_DiskFullTracebackFilter())
+  # absl.logging (Orbax's logger) and asyncio (its abandoned write tasks, reported at exit).
+  for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+    if not any(isinstance(f, _DiskFullTracebackFilter) for f in logger.filters):
+      logger.addFilter(_DiskFullTracebackFilter())
 
 
 def abstract_like(state):
