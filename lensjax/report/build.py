@@ -2,7 +2,10 @@
 
 Each run's figures are named `{run}_{what}.png` in one flat output folder, so
 `index.md` links them with bare file names and the folder can be moved or
-zipped whole. A figure is drawn only when its metrics were logged.
+zipped whole. A figure is drawn only when its metrics were logged. Runs that
+`lensjax sweep` trained carry an entropy.json; when two or more models do,
+`size_*.png` draws H(Q) against H(P), the gap, KL and sparsity against the
+parameter count (lensjax/report/sizes.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from lensjax.errors import InputError
 from lensjax.report import figures
 from lensjax.report import page
 from lensjax.report import runs as runs_lib
+from lensjax.report import sizes
 from lensjax.report.page import FigureEntry, Section
 from lensjax.report.runs import Run
 
@@ -38,6 +42,7 @@ class FamilyView:
   compare: bool = False  # drawn across runs when several are given
   unit_interval: bool = False  # a fraction: heat maps span [0, 1]
   short: str = ""  # colour-bar label of the heat map; `ylabel` when empty
+  log_color: bool = False  # the heat map's colours on a log scale when its values span decades
 
 
 FRACTION_OF_UNITS = "fraction of FFN units"
@@ -65,7 +70,9 @@ FFN_VIEWS = (
 ATTENTION_VIEWS = (
     FamilyView("attn/bypass", "Attention bypass", "‖attention output‖ / ‖residual stream‖ (ratio)",
                "Small values: tokens pass attention by through the residual; larger models bypass it more "
-               "(Ren & Liu 2025).", heatmap=True, compare=True, short="‖attn out‖ / ‖residual‖"),
+               "(Ren & Liu 2025).", heatmap=True, compare=True, short="‖attn out‖ / ‖residual‖",
+               # The first layer adds to a bare embedding (ratios of 10 and more), later ones to a grown stream.
+               log_color=True),
     FamilyView("attn/max_logit", "Largest attention logit", "max q·k/√d_h (logit units)",
                "Growing logits push attention towards hard, argmax-like attention (Merrill et al. 2021); a sudden "
                "climb often comes before instability."),
@@ -92,11 +99,21 @@ def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LA
   runs = [runs_lib.load_run(path) for path in run_dirs]  # all read before anything is written
   _make_output_dir(out_dir)
   prefixes = unique_prefixes([run.name for run in runs])
-  run_sections = [run_figures(run, out_dir, prefix, last_n) for run, prefix in zip(runs, prefixes)]
-  comparison = comparison_figures(runs, prefixes, out_dir, last_n) if len(runs) > 1 else None
+  # Seed replicas (configs equal but for train.seed) get one set of per-run figures, the first given's: the
+  # others would repeat it. All of them are in the tables and in the figures against model size.
+  groups = sizes.seed_groups(runs)
+  shown = [group[0] for group in groups]
+  replicas = {prefixes[group[0]]: [prefixes[i] for i in group[1:]] for group in groups if len(group) > 1}
+  run_sections = [run_figures(runs[i], out_dir, prefixes[i], last_n) for i in shown]
+  comparison = (comparison_figures([runs[i] for i in shown], [prefixes[i] for i in shown], out_dir, last_n)
+                if len(shown) > 1 else None)
   summaries = [dataclasses.replace(page.summarize_run(run, last_n), name=prefix)
                for run, prefix in zip(runs, prefixes)]
-  return page.write_page(out_dir, page.page_markdown(summaries, run_sections, comparison))
+  points = sizes.size_points(runs, last_n)
+  by_size = size_figures(points, out_dir, last_n) if len(points) > 1 else None
+  markdown = page.page_markdown(summaries, run_sections, comparison, shown=shown, replicas=replicas,
+                                points=points, by_size=by_size)
+  return page.write_page(out_dir, markdown)
 
 
 def _make_output_dir(out_dir: str) -> None:
@@ -165,6 +182,14 @@ def _loss_figures(run: Run, output) -> list[FigureEntry]:
     path = figures.entropy_figure(model, target, kl, output("entropy"))
     entries.append(_entry(path, "entropy", "Model entropy falling below the target's means the model is more "
                                            "certain than the data warrant (Ren & Liu 2025); KL is the gap in fit."))
+  model, target = _optional_series(run, "eval/entropy_model_seq"), _optional_series(run, "eval/entropy_target_seq")
+  if model is not None and target is not None:  # logging.entropy_every
+    path = figures.sequence_entropy_figure(model, target, _optional_series(run, "eval/kl_seq"),
+                                           output("sequence_entropy"))
+    entries.append(_entry(path, "whole-sequence entropy", "Whole-sequence H(Q) against H(P) during training "
+                                                          "(logging.entropy_every): when the model's entropy "
+                                                          "crosses below the target's, and how the gap compares "
+                                                          "with the misfit KL(P ‖ Q)."))
   return entries
 
 
@@ -186,7 +211,7 @@ def _family_figures(run: Run, view: FamilyView, output) -> list[FigureEntry]:
     steps, values = panels[0].steps, panels[0].values
     top = 1.0 if view.unit_interval else None
     path = figures.layer_heatmap(steps, values, f"{view.title}, layer × step", view.short or view.ylabel,
-                                 output(name + "_heatmap"), vmin=0.0, vmax=top)
+                                 output(name + "_heatmap"), vmin=0.0, vmax=top, log_color=view.log_color)
     entries.append(_entry(path, view.family + " heat map",
                           "The same on the training batch as a heat map: bands show layers that differ, "
                           "vertical edges show sudden changes."))
@@ -270,8 +295,111 @@ def comparison_figures(runs: Sequence[Run], prefixes: Sequence[str], out_dir: st
                                                    runs_lib.family_layers(run.names, view.family))
                for run, prefix in zip(runs, prefixes) if runs_lib.has_family(run, view.family)}
     if view.compare and len(per_run) > 1:
-      path = figures.runs_by_layer(per_run, f"{view.title}: mean of the last {last_n} logged steps", view.ylabel,
-                                   output(slug(view.family.replace("/", "_"))))
+      spans_decades = view.log_color and figures.log_color_norm(np.concatenate(list(per_run.values()))) is not None
+      path = figures.runs_by_layer(per_run, f"{view.title}: mean of the last {last_n} logged steps",
+                                   view.ylabel + (" (log)" if spans_decades else ""),
+                                   output(slug(view.family.replace("/", "_"))), log_y=view.log_y or spans_decades)
       entries.append(_entry(path, view.family, f"{view.title} per layer for each run: across a model-size ladder, "
                                                "look for the trend with size and for where in depth it happens."))
   return Section("Side by side", entries)
+
+
+# --------------------------------------------------------------------------
+# Against model size.
+
+# How a model's block is drawn: (marker, line between the points of that block, legend suffix).
+BLOCK_STYLES = {"attention+ffn": ("o", "-", ""), "attention_only": ("s", "none", ", no FFN"),
+                "ffn_only": ("^", "none", ", no attention")}
+REDUCTION_STYLES = {"mean": "tab:blue", "first": "tab:green", "last": "tab:red"}
+
+
+def _by_block(points: Sequence[sizes.SizePoint]) -> list[tuple[str, list[sizes.SizePoint]]]:
+  blocks = sorted({p.block for p in points}, key=lambda b: list(BLOCK_STYLES).index(b) if b in BLOCK_STYLES else 9)
+  return [(block, [p for p in points if p.block == block]) for block in blocks]
+
+
+def _series(points: Sequence[sizes.SizePoint], value, label: str, color: str, named: bool = True,
+            linestyle: str | None = None, by_block: bool = True,
+            block_legend: bool = True) -> list[figures.SizeSeries]:
+  """One series per model block (each its own marker; only full blocks form a connected ladder).
+
+  `by_block=False` draws one series over all points (a property of the target, not of the model);
+  `block_legend=False` keeps the other blocks' series out of the legend (their markers say it).
+  """
+  groups = _by_block(points) if by_block else [("attention+ffn", list(points))]
+  out = []
+  for block, members in groups:
+    marker, line, suffix = BLOCK_STYLES.get(block, ("D", "none", f", {block}"))
+    estimates = [value(p) for p in members]
+    legend = label + suffix if not suffix or block_legend else "_" + label + suffix  # "_": not in the legend
+    out.append(figures.SizeSeries(
+        legend, np.array([p.num_params for p in members], np.float64),
+        np.array([e.mean for e in estimates]), np.array([e.err for e in estimates]), color=color, marker=marker,
+        linestyle=linestyle if linestyle is not None and line != "none" else line,
+        labels=tuple(p.label for p in members) if named else None))
+  return out
+
+
+# A model whose gap is this many times the typical one (an ablation that cannot fit) would flatten the rest.
+SYMLOG_RATIO = 10.0
+
+
+def symlog_threshold(values: Sequence[float]) -> float | None:
+  """None (a linear axis) unless the largest |value| exceeds SYMLOG_RATIO times the median; then 2 × the median."""
+  magnitudes = np.abs(np.asarray(values, np.float64))
+  magnitudes = magnitudes[np.isfinite(magnitudes)]
+  if magnitudes.size < 3:
+    return None
+  typical = float(np.median(magnitudes))
+  if typical <= 0 or magnitudes.max() <= SYMLOG_RATIO * typical:
+    return None
+  return 2 * typical
+
+
+def size_figures(points: Sequence[sizes.SizePoint], out_dir: str, last_n: int) -> Section:
+  """H(Q) against H(P), gap and KL, FFN activity and attention bypass, each against the parameter count."""
+  output = lambda what: os.path.join(out_dir, f"size_{what}.png")
+  seq_len = points[0].seq_len
+  seeds = max(len(p.runs) for p in points)
+  bars = ("error bars: ± one standard error over seed replicas (and of the estimate itself when it is Monte "
+          "Carlo; exact enumeration has none)" if seeds > 1 else
+          "one run per model, so the error bars show only the estimate's own standard error (none when exact)")
+  entries = []
+  path = figures.against_size([figures.SizePanel(
+      "model H(Q) and target H(P)", f"entropy of the {seq_len} predicted tokens given x_0 (nats)",
+      _series(points, lambda p: p.model_entropy, "model H(Q)", "tab:blue")
+      + _series(points, lambda p: p.target_entropy, "target H(P)", "tab:gray", named=False, linestyle="--",
+                by_block=False))],
+      "Whole-sequence entropy against model size", output("entropy"))
+  entries.append(_entry(path, "H(Q) and H(P) against size",
+                        f"Exact whole-sequence entropy of each model's law Q and of the target P at the end of "
+                        f"training: Q below P means the model learned a lower-entropy law than the data's (Ren & "
+                        f"Liu 2025). {bars.capitalize()}."))
+  threshold = symlog_threshold([p.gap.mean for p in points])
+  path = figures.against_size([
+      figures.SizePanel("entropy gap H(Q) − H(P)", "H(Q) − H(P) (nats per sequence"
+                        + (", symmetric log)" if threshold else ")"),
+                        _series(points, lambda p: p.gap, "H(Q) − H(P)", "tab:blue"), zero_line=True,
+                        symlog_threshold=threshold),
+      figures.SizePanel("KL(P ‖ Q)", "KL(P ‖ Q) (nats per sequence, log)",
+                        _series(points, lambda p: p.kl, "KL(P ‖ Q)", "tab:purple"), log_y=True)],
+      "Entropy gap and fit against model size", output("gap_kl"))
+  entries.append(_entry(path, "entropy gap and KL against size",
+                        "Left: below zero, the model is more certain than the target. Right: how far Q is from P "
+                        "at all; a gap much smaller than the KL is within the misfit. " + bars.capitalize() + "."))
+  panels = []
+  for family, title, log_y in sizes.SIZE_FAMILIES:
+    series = [s for key, label in sizes.LAYER_REDUCTIONS
+              for s in _series(points, lambda p, f=family, k=key: p.layers[f][k], label, REDUCTION_STYLES[key],
+                               named=key == "mean", linestyle="-" if key == "mean" else ":",
+                               block_legend=key == "mean")]
+    if any(np.isfinite(s.y).any() for s in series):
+      panels.append(figures.SizePanel(title, f"{family}, mean of the last {last_n} logged steps"
+                                      + (" (log)" if log_y else ""), series, log_y=log_y))
+  if panels:
+    path = figures.against_size(panels, "Dynamic sparsity against model size", output("sparsity"))
+    entries.append(_entry(path, "FFN activity and attention bypass against size",
+                          f"Per model, the last-{last_n} average of each layer, reduced to the mean over layers, "
+                          "the first and the last layer: Ren & Liu 2025 report fewer active FFN units and more "
+                          "attention bypass in larger models. " + bars.capitalize() + "."))
+  return Section("Against model size", entries)

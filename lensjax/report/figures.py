@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 DPI = 120
 STEP_LABEL = "training step"
@@ -122,9 +122,12 @@ def _step_ticks(ax, steps: np.ndarray) -> None:
 
 
 def _integer_ticks(count: int, most: int = 12) -> list[int]:
+  """About `most` evenly spaced indices of 0..count-1, the first and the last always among them."""
   stride = max(1, math.ceil(count / most))
   ticks = list(range(0, count, stride))
   if ticks[-1] != count - 1:
+    if len(ticks) > 1 and 2 * (count - 1 - ticks[-1]) < stride:
+      ticks.pop()  # too close to the last index: their labels would overprint each other
     ticks.append(count - 1)
   return ticks
 
@@ -171,24 +174,44 @@ def _share_y_limits(axes) -> None:
     ax.set_ylim(min(lows), max(highs))
 
 
+# A heat map asked for log colours gets them only when its positive values span at least this ratio.
+LOG_COLOR_MIN_SPAN = 100.0
+
+
+def log_color_norm(values: np.ndarray, min_span: float = LOG_COLOR_MIN_SPAN) -> LogNorm | None:
+  """A log colour scale over the positive values when they span `min_span` or more; None (linear) otherwise."""
+  positive = _finite(values)
+  positive = positive[np.isfinite(positive) & (positive > 0)]
+  if positive.size == 0 or positive.max() < min_span * positive.min():
+    return None
+  return LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
+
+
 def layer_heatmap(steps: np.ndarray, values: np.ndarray, title: str, colorbar_label: str, path: str,
-                  vmin: float | None = None, vmax: float | None = None) -> str:
-  """Layers on y (first layer at the bottom), logging steps on x, value as colour."""
+                  vmin: float | None = None, vmax: float | None = None, log_color: bool = False) -> str:
+  """Layers on y (first layer at the bottom), logging steps on x, value as colour.
+
+  `log_color` puts the colours on a log scale when the values span decades (see `log_color_norm`); then
+  `vmin`/`vmax` are ignored and cells of zero are left blank.
+  """
   values = _finite(values)
   num_layers, num_steps = values.shape
   fig, axes = _new_figure(1, panel_width=7.0, height=max(2.6, 1.2 + 0.3 * num_layers))
   ax = axes[0, 0]
+  norm = log_color_norm(values) if log_color else None
+  scale = dict(norm=norm) if norm is not None else dict(vmin=vmin, vmax=vmax)
   # Columns are logging steps, which need not be evenly spaced (the last step
   # rarely is), so the image is indexed by column and the ticks name the step.
   image = ax.imshow(values, aspect="auto", origin="lower", interpolation="nearest", cmap=LAYER_CMAP,
-                    vmin=vmin, vmax=vmax, extent=(-0.5, num_steps - 0.5, -0.5, num_layers - 0.5))
+                    extent=(-0.5, num_steps - 0.5, -0.5, num_layers - 0.5), **scale)
   _step_ticks(ax, steps)
   ax.set_yticks(_integer_ticks(num_layers, most=16))
   ax.set_xlabel(STEP_LABEL)
   ax.set_ylabel("layer")
   ax.set_title(_wrap(title, 70))
   bar_height_chars = int(fig.get_size_inches()[1] * 9)  # about 9 characters of label per inch at this font
-  fig.colorbar(image, ax=ax, pad=0.01).set_label(_wrap(colorbar_label, bar_height_chars))
+  label = colorbar_label + (" (log)" if norm is not None else "")
+  fig.colorbar(image, ax=ax, pad=0.01).set_label(_wrap(label, bar_height_chars))
   return _save(fig, path)
 
 
@@ -365,6 +388,38 @@ def entropy_figure(model: Series | None, target: Series | None, kl: Series | Non
   return _save(fig, path)
 
 
+def sequence_entropy_figure(model: Series, target: Series, kl: Series | None, path: str) -> str:
+  """Whole-sequence H(Q) and H(P) over training; beside it their difference, with −KL(P ‖ Q) for scale.
+
+  The difference spans decades (nats at the start, hundredths at the end) and changes sign, so it is drawn on
+  a symmetric log axis, linear within ±0.01 nats.
+  """
+  fig, axes = _new_figure(2, panel_width=5.5)
+  ax = axes[0, 0]
+  for data, label, color in ((model, "model H(Q)", "tab:blue"), (target, "target H(P)", "tab:gray")):
+    ax.plot(data[0], _finite(data[1]), color=color, marker=_marker(data[0].size), markersize=3, label=label)
+  ax.set_xlabel(STEP_LABEL)
+  ax.set_ylabel("entropy of the predicted tokens given x_0 (nats)")
+  ax.set_title("Whole-sequence entropy: model vs target")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax = axes[0, 1]
+  steps = np.intersect1d(model[0], target[0])
+  gap = _finite(model[1][np.isin(model[0], steps)]) - _finite(target[1][np.isin(target[0], steps)])
+  ax.plot(steps, gap, color="tab:blue", marker=_marker(steps.size), markersize=3, label="H(Q) − H(P)")
+  if kl is not None:
+    ax.plot(kl[0], -_finite(kl[1]), color="tab:purple", linestyle="--", marker=_marker(kl[0].size), markersize=3,
+            label="−KL(P ‖ Q)")
+  ax.axhline(0.0, color="gray", linewidth=0.9)
+  ax.set_yscale("symlog", linthresh=0.01)
+  ax.set_xlabel(STEP_LABEL)
+  ax.set_ylabel("nats per sequence (symmetric log)")
+  ax.set_title("Entropy gap over training")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  return _save(fig, path)
+
+
 def norm_growth_figure(norm: Series, cos_step: Series | None, alignment: Series | None, path: str,
                        exponent: float | None = None) -> str:
   """‖θ_t‖ on log-log axes with a √t guide; step-to-step cosine and update alignment beside it."""
@@ -413,7 +468,7 @@ def norm_growth_figure(norm: Series, cos_step: Series | None, alignment: Series 
 # Several runs.
 
 
-def runs_by_layer(per_run: Mapping[str, np.ndarray], title: str, ylabel: str, path: str) -> str:
+def runs_by_layer(per_run: Mapping[str, np.ndarray], title: str, ylabel: str, path: str, log_y: bool = False) -> str:
   """One line per run of a per-layer value (e.g. last-N mean activity); x = layer index."""
   fig, axes = _new_figure(1, panel_width=7.0)
   ax = axes[0, 0]
@@ -423,6 +478,8 @@ def runs_by_layer(per_run: Mapping[str, np.ndarray], title: str, ylabel: str, pa
     values = _finite(values)
     deepest = max(deepest, values.size)
     ax.plot(np.arange(values.size), values, color=color, marker="o", markersize=4, linewidth=1.6, label=name)
+  if log_y and any(_any_positive(values) for values in per_run.values()):
+    _log_scale(ax)
   ax.set_xticks(_integer_ticks(max(deepest, 1), most=16))
   ax.set_xlabel("layer (0 = first)")
   ax.set_ylabel(ylabel)
@@ -453,4 +510,103 @@ def scalar_curves(curves: Mapping[str, Series], title: str, ylabel: str, path: s
   ax.grid(alpha=0.3)
   if len(curves) > 1 or legend_title:
     ax.legend(title=legend_title, fontsize="small")
+  return _save(fig, path)
+
+
+# --------------------------------------------------------------------------
+# Against model size: one point per model, error bars over seed replicas.
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeSeries:
+  """Points against parameter count: x [P], y [P], one-standard-error bars [P] (NaN = none), their style.
+
+  `labels`, when given, names each point beside it (model names on a ladder).
+  `linestyle="none"` leaves points unconnected (models that are not a ladder).
+  """
+  label: str
+  x: np.ndarray
+  y: np.ndarray
+  err: np.ndarray
+  color: str = "tab:blue"
+  marker: str = "o"
+  linestyle: str = "-"
+  labels: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SizePanel:
+  title: str
+  ylabel: str
+  series: Sequence[SizeSeries]
+  zero_line: bool = False  # a reference line at y = 0 (a difference)
+  log_y: bool = False
+  symlog_threshold: float | None = None  # a symmetric log y axis, linear within ± this (signed values over decades)
+
+
+def parameter_label(count: float) -> str:
+  """ "800", "50k", "1.5M": a parameter count short enough for a crowded axis."""
+  for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    if count >= scale:
+      return f"{count / scale:g}{suffix}"
+  return f"{count:g}"
+
+
+def parameter_ticks(low: float, high: float) -> list[float]:
+  """1-2-5 steps per decade covering [low, high] (ticks only at these: labels never overprint)."""
+  ticks = []
+  for exponent in range(int(math.floor(math.log10(low))), int(math.ceil(math.log10(high))) + 1):
+    ticks += [m * 10.0**exponent for m in (1, 2, 5) if low <= m * 10.0**exponent <= high]
+  return ticks
+
+
+def _parameter_axis(ax, counts: np.ndarray) -> None:
+  """A log x axis of parameter counts, ticked 1-2-5 and labelled 20k, 50k, 1M."""
+  counts = counts[np.isfinite(counts) & (counts > 0)]
+  ax.set_xscale("log")
+  if counts.size:
+    low, high = counts.min() / 1.25, counts.max() * 1.25
+    ax.set_xlim(low, high)
+    ticks = parameter_ticks(low, high)
+    if len(ticks) < 2:  # a narrow range: name the points themselves
+      ticks = sorted({float(c) for c in counts})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: parameter_label(value)))
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def against_size(panels: Sequence[SizePanel], title: str, path: str) -> str:
+  """Panels side by side, parameter count on a log x axis, values with error bars."""
+  fig, axes = _new_figure(len(panels), panel_width=5.6, height=4.4)
+  for ax, panel in zip(axes[0], panels):
+    drawn = False
+    for s in panel.series:
+      x, y = np.asarray(s.x, np.float64), _finite(s.y)
+      keep = np.isfinite(y) & (x > 0)
+      if not keep.any():
+        continue
+      err = np.nan_to_num(_finite(s.err)[keep], nan=0.0)
+      ax.errorbar(x[keep], y[keep], yerr=err, color=s.color, marker=s.marker, markersize=5, linestyle=s.linestyle,
+                  linewidth=1.4, capsize=3, label=s.label)
+      drawn = True
+      if s.labels is not None:
+        for xi, yi, text in zip(x[keep], y[keep], np.asarray(s.labels, dtype=object)[keep]):
+          ax.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(4, 5), fontsize="x-small",
+                      color=s.color)
+    if panel.zero_line:
+      ax.axhline(0.0, color="gray", linewidth=0.9)
+    ax.margins(y=0.12)  # room for the names written above the points
+    if drawn:
+      _parameter_axis(ax, np.concatenate([np.asarray(s.x, np.float64) for s in panel.series]))
+      if panel.log_y and any(_any_positive(s.y) for s in panel.series):
+        _log_scale(ax)
+      elif panel.symlog_threshold:
+        ax.set_yscale("symlog", linthresh=panel.symlog_threshold)
+      # Below the axes: points on a ladder fill every corner the legend could take.
+      ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    ax.set_xlabel("parameters (log)")
+    ax.set_ylabel(_wrap(panel.ylabel, 40))
+    ax.set_title(_wrap(panel.title, 48))
+    ax.grid(alpha=0.3, which="both")
+  fig.suptitle(title)
   return _save(fig, path)

@@ -17,6 +17,7 @@ import numpy as np
 
 from lensjax.report import runs as runs_lib
 from lensjax.report.runs import Run
+from lensjax.report.sizes import Estimate, SizePoint
 
 INDEX_FILE = "index.md"
 # Per-layer families shown as numbers in each run's table: (metric family, column title).
@@ -207,21 +208,81 @@ def section_markdown(section: Section, level: int) -> str:
 
 
 def page_markdown(summaries: Sequence[RunSummary], run_sections: Sequence[Sequence[Section]],
-                  comparison: Section | None) -> str:
-  """The whole page: title, (when several runs) a comparison, then one part per run."""
+                  comparison: Section | None, shown: Sequence[int] | None = None,
+                  replicas: dict[str, list[str]] | None = None, points: Sequence[SizePoint] = (),
+                  by_size: Section | None = None) -> str:
+  """The whole page: title, (when several runs) a comparison, the models against size, then one part per run.
+
+  `summaries` covers every run; `run_sections` only the runs `shown` (indices into `summaries`, all by
+  default); `replicas` maps a shown run to the seed replicas it stands for.
+  """
+  shown = list(range(len(summaries))) if shown is None else list(shown)
   names = ", ".join(f"`{s.name}`" for s in summaries)
   subject = summaries[0].name if len(summaries) == 1 else f"{len(summaries)} runs"
   title = f"# lensjax report: {subject}"
   intro = (f"Runs: {names}. Averages are over the last {summaries[0].last_n} logged steps; "
-           "step numbers are training steps; losses and entropies are in nats per token; "
+           "step numbers are training steps; losses and entropies are in nats per token "
+           "unless marked as whole-sequence; "
            "colour darkens towards the first layer in every per-layer figure.\n")
   parts = [title + "\n", intro]
-  if comparison is not None:
+  if len(summaries) > 1:
     parts += ["## Comparison across runs\n", settings_table(summaries)]
-    if comparison.figures:
+    if replicas:
+      stands = "; ".join(f"`{run}` for {', '.join(f'`{r}`' for r in others)}" for run, others in replicas.items())
+      parts.append(f"Seed replicas (runs whose configs differ only in `train.seed`) get one set of per-run and "
+                   f"side-by-side figures, the first one's: {stands}. Every run is in the table above and in the "
+                   "figures against model size.\n")
+    if comparison is not None and comparison.figures:
       parts.append(section_markdown(dataclasses.replace(comparison, heading="Side by side"), level=3))
-  parts += [run_markdown(summary, sections) for summary, sections in zip(summaries, run_sections)]
+  if points:
+    parts.append(size_markdown(points, by_size))
+  parts += [run_markdown(summaries[i], sections) for i, sections in zip(shown, run_sections)]
   return "\n".join(parts).rstrip() + "\n"
+
+
+def format_estimate(estimate: Estimate, decimals: int = 4) -> str:
+  """ "7.1724 ± 0.0031" (one standard error); the bare value when it has no spread; "–" when missing."""
+  if estimate.n == 0 or not math.isfinite(estimate.mean):
+    return MISSING
+  value = f"{estimate.mean:.{decimals}f}"
+  return value if not estimate.err or not math.isfinite(estimate.err) else f"{value} ± {estimate.err:.{decimals}f}"
+
+
+def layer_summary(reductions: dict[str, Estimate]) -> str:
+  """ "0.185 ± 0.006 (0.135 / 0.235)": the mean over layers with its error, then the first and last layer."""
+  mean = format_estimate(reductions["mean"], 3)
+  if mean == MISSING:
+    return MISSING
+  return f"{mean} ({format_number(reductions['first'].mean)} / {format_number(reductions['last'].mean)})"
+
+
+def size_table(points: Sequence[SizePoint]) -> str:
+  """One row per model (seed replicas together): whole-sequence entropies, fit, final loss and sparsity."""
+  header = ["model", "runs", "parameters", "H(P)", "H(Q)", "H(Q) − H(P)", "KL(P‖Q)", "eval loss per token",
+            "H(P)/T", "FFN active per token: layer mean (first / last layer)",
+            "attention bypass: layer mean (first / last layer)"]
+  rows = []
+  for p in points:
+    rate = p.target_entropy.mean / p.seq_len if p.seq_len else math.nan
+    rows.append([p.label, str(len(p.runs)), f"{p.num_params:,}", format_estimate(p.target_entropy),
+                 format_estimate(p.model_entropy), format_estimate(p.gap), format_estimate(p.kl),
+                 format_estimate(p.eval_loss), format_number(rate, 4),
+                 layer_summary(p.layers["ffn/active_token"]), layer_summary(p.layers["attn/bypass"])])
+  return markdown_table(header, rows)
+
+
+def size_markdown(points: Sequence[SizePoint], figures_section: Section | None) -> str:
+  """The models against size: what the numbers are, the table, the figures."""
+  seq_len = points[0].seq_len
+  parts = ["## Against model size\n",
+           f"From each run's entropy.json (written by `lensjax sweep` at the final step): H(P), H(Q), their "
+           f"difference and KL(P‖Q) are whole-sequence values in nats, over the {seq_len} predicted tokens given "
+           "x_0; H(P)/T is the target's entropy per predicted token, the expected held-out loss of a perfect "
+           "model. Seed replicas are averaged; ± is one standard error over them (and of the estimate itself when "
+           "it is Monte Carlo).\n", size_table(points)]
+  if figures_section is not None and figures_section.figures:
+    parts.append(section_markdown(dataclasses.replace(figures_section, heading="Figures against size"), level=3))
+  return "\n".join(parts)
 
 
 def write_page(out_dir: str, markdown: str) -> str:

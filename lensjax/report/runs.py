@@ -1,9 +1,10 @@
 """A run directory read back into memory, and the series the report draws.
 
-A run directory holds `config.json`, `metrics.jsonl` and, when units died or
-revived, `neuron_events.jsonl` (formats in lensjax/io). Everything here is a
-pure function of what was read, so figures and tables can be tested on
-hand-written records without training anything.
+A run directory holds `config.json`, `metrics.jsonl`, when units died or
+revived `neuron_events.jsonl` (formats in lensjax/io), and, when `lensjax
+sweep` trained it, `entropy.json` (whole-sequence entropies at the end).
+Everything here is a pure function of what was read, so figures and tables
+can be tested on hand-written records without training anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lensjax.io.metrics_log import read_metrics
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 EVENTS_FILE = "neuron_events.jsonl"
+ENTROPY_FILE = "entropy.json"  # written by `lensjax sweep` (lensjax/sweep.py)
 
 _LAYER_SUFFIX = re.compile(r"/layer_(\d+)$")
 _HEAD_SUFFIX = re.compile(r"/layer_(\d+)/head_(\d+)$")
@@ -37,6 +39,7 @@ class Run:
   config: dict
   records: list[dict]
   events: list[dict]
+  entropy: dict | None = None  # entropy.json: H(Q), H(P), KL(P||Q), num_params at the final step
 
   @functools.cached_property
   def names(self) -> frozenset[str]:
@@ -69,7 +72,8 @@ def load_run(path: str) -> Run:
   events_path = os.path.join(path, EVENTS_FILE)
   events = read_metrics(events_path) if os.path.isfile(events_path) else []
   name = os.path.basename(os.path.normpath(os.path.abspath(path)))
-  return Run(name=name, path=path, config=_read_config(path), records=records, events=events)
+  return Run(name=name, path=path, config=_read_config(path), records=records, events=events,
+             entropy=_read_entropy(path))
 
 
 def _read_config(path: str) -> dict:
@@ -85,6 +89,23 @@ def _read_config(path: str) -> dict:
   if not isinstance(config, dict):
     raise InputError(f"{config_path} is not a JSON object; restore it from the run or delete it.")
   return config
+
+
+def _read_entropy(path: str) -> dict | None:
+  entropy_path = os.path.join(path, ENTROPY_FILE)
+  if not os.path.isfile(entropy_path):
+    return None
+  try:
+    with open(entropy_path, encoding="utf-8") as f:
+      entropy = json.load(f)
+  except ValueError as e:
+    raise InputError(f"{entropy_path} is not valid JSON ({e}); delete it and run `lensjax sweep` again to "
+                     "rewrite it.") from None
+  if not isinstance(entropy, dict) or not all(
+      isinstance(entropy.get(k), (int, float)) for k in ("eval/entropy_model_seq", "eval/entropy_target_seq")):
+    raise InputError(f"{entropy_path} holds no eval/entropy_model_seq and eval/entropy_target_seq numbers; delete it "
+                     "and run `lensjax sweep` again to rewrite it.")
+  return entropy
 
 
 def _valid_records(path: str, records: list[dict]) -> list[dict]:
