@@ -28,6 +28,7 @@ class Checkpoints:
     training run that owns the directory, never for a reader that may run beside it."""
     self.directory = os.path.abspath(directory)
     _drop_disk_full_tracebacks()
+    _drop_abandoned_write_errors()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None, create=True,
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=cleanup_unfinished)
@@ -164,6 +165,24 @@ def _drop_disk_full_tracebacks() -> None:
   for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
     if not any(isinstance(f, _DiskFullTracebackFilter) for f in logger.filters):
       logger.addFilter(_DiskFullTracebackFilter())
+
+
+def _drop_abandoned_write_errors() -> None:
+  """When a save fails (a full disk), TensorStore finishes the writes Orbax abandoned on its own threads and
+  hands each result to Orbax's event loop, closed by then; every attempt reports a RuntimeError traceback
+  through sys.unraisablehook. They say nothing the one sentence does not, so they are dropped; any other
+  unraisable error still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_writes", False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_abandoned_writes = True
+  sys.unraisablehook = hook
 
 
 def abstract_like(state):
