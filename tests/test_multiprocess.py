@@ -24,13 +24,12 @@ import pytest
 
 from conftest import REPO, write_config_file
 from test_faults import STEPS, faults_config, finished_state
-from test_train import assert_states_equal, host
+from test_train import host
 from lensjax.io.metrics_log import read_metrics
 from lensjax.train import loop
 
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
-LOGGED_STEPS = [s for s in range(STEPS) if s % faults_config().logging.log_every == 0 or s == STEPS - 1]
 # Four devices reduce gradients in another order than eight. Measured after 80 steps (data parallel / FSDP):
 # losses within 2e-6 / 5e-6 (relative), gradient norms within 3e-5 / 8e-5, parameters within 8e-5 / 1.4e-4
 # (the key bias aside, see without_key_bias). A missing all-reduce or a wrong batch split moves the loss by
@@ -94,85 +93,28 @@ def finish(processes, paths, timeout: float = 400) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-  """`run(fsdp)`: the config trained by two processes (once per fsdp value): (workdir, outputs)."""
-  runs = {}
-
-  def run(fsdp: int):
-    if fsdp not in runs:
-      base = tmp_path_factory.mktemp(f"two_processes_fsdp{fsdp}")
-      workdir = str(base / "run")
-      config_file = write_config_file(base / "faults.py", faults_config())
-      outputs = finish(*start_two_processes(workdir, config_file, base / "logs", "--config.checkpoint.save_every=40",
-                                            f"--config.parallel.fsdp={fsdp}"))
-      runs[fsdp] = workdir, outputs
-    return runs[fsdp]
-
-  return run
+def fsdp_run(tmp_path_factory):
+  """The config trained by two processes with the state split over all 4 devices: (workdir, outputs)."""
+  base = tmp_path_factory.mktemp("two_processes_fsdp")
+  workdir = str(base / "run")
+  config_file = write_config_file(base / "faults.py", faults_config())
+  outputs = finish(*start_two_processes(workdir, config_file, base / "logs", "--config.checkpoint.save_every=40",
+                                        "--config.parallel.fsdp=4"))
+  return workdir, outputs
 
 
-@pytest.mark.parametrize("fsdp", [1, 4], ids=["data_parallel", "fsdp_across_processes"])
-def test_two_processes_train_like_one(fsdp, single_process, two_processes):
-  """fsdp=1: each process holds the whole state, the batch is split over all 4 devices.
+@pytest.fixture(scope="module")
+def preempted_run(tmp_path_factory):
+  """Data parallel over two processes, stopped by a SIGTERM to process 1 alone, then resumed by the same command.
 
-  fsdp=4: parameters and optimiser state are split over the 4 devices of both
-  processes, so neither process holds a whole parameter and the checkpoint is
-  complete only if both wrote their shards.
+  Returns `(workdir, outputs of the first start, outputs of the resumed start, checkpoint steps after the stop)`.
+  Logging every step (the same update, see test_train) slows the loop enough to be caught mid-run.
   """
-  single_dir, single_state = single_process
-  workdir, outputs = two_processes(fsdp)
-  assert f"done at step {STEPS}" in outputs[0] and "device cpu x4" in outputs[0], outputs[0]
-  assert "done at step" not in outputs[1]  # process 1 logs nothing of its own
-
-  # Process 0 alone wrote the logs: each logged step once, one TensorBoard event file.
-  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  assert [r["step"] for r in records] == LOGGED_STEPS
-  assert len([f for f in os.listdir(os.path.join(workdir, "tb")) if "tfevents" in f]) == 1
-  single_records = read_metrics(os.path.join(single_dir, "metrics.jsonl"))
-  np.testing.assert_allclose([r["train/loss"] for r in records], [r["train/loss"] for r in single_records],
-                             rtol=LOSS_RTOL)
-  np.testing.assert_allclose([r["train/grad_norm"] for r in records],
-                             [r["train/grad_norm"] for r in single_records], rtol=GRAD_NORM_RTOL)
-
-  # Both processes wrote their share of each checkpoint, and together they restore (into 8 devices here).
-  for step in (40, STEPS):
-    state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
-    assert {f"ocdbt.process_{i}" for i in range(NUM_PROCESSES)} <= set(os.listdir(state_dir)), os.listdir(state_dir)
-  state = finished_state(workdir)
-  assert int(state.step) == STEPS
-  ours, single = without_key_bias(state.params), without_key_bias(single_state.params)
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(single)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=PARAMS_ATOL, err_msg=jax.tree_util.keystr(path))
-
-def without_key_bias(params):
-  """The parameters with the attention key bias zeroed.
-
-  Softmax ignores the key bias, so its gradient is rounding noise that Adam
-  turns into steps of up to lr: it drifts apart between any two device counts
-  (1e-3 after 80 steps here) without changing the function.
-  """
-  params = jax.tree.map(np.array, params)
-  for name, layer in params.items():
-    if name.startswith("layer_"):
-      layer["attn"]["qkv"]["bias"][1] = 0.0
-  return params
-
-
-def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_is_exact(two_processes, tmp_path):
-  """SIGTERM reaches process 1 alone; process 0 hears of it only through jax.distributed.
-
-  A flag per process would stop process 1 at once and leave process 0 waiting
-  in the next step's collective, for ever. Both must stop at one step, write
-  one checkpoint together and exit 0 (process 0 gets its own SIGTERM only if it
-  is still training two logged steps later); the same command then finishes
-  the run, bit for bit the uninterrupted one.
-  """
-  reference_dir, _ = two_processes(1)
-  workdir = str(tmp_path / "run")
-  config_file = write_config_file(tmp_path / "faults.py", faults_config())
-  # Logging every step (the same update, see test_train) slows the loop enough to be caught mid-run.
+  base = tmp_path_factory.mktemp("two_processes_preempted")
+  workdir = str(base / "run")
+  config_file = write_config_file(base / "faults.py", faults_config())
   overrides = ("--config.logging.log_every=1",)
-  processes, paths = start_two_processes(workdir, config_file, tmp_path / "logs", *overrides)
+  processes, paths = start_two_processes(workdir, config_file, base / "logs", *overrides)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   records = lambda: len(read_metrics(metrics_path)) if os.path.exists(metrics_path) else 0
   try:
@@ -192,12 +134,80 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_is_exact(t
     for p in processes:
       p.kill()
     raise
-  outputs = finish(processes, paths, timeout=120)
-  steps = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
-  assert len(steps) == 1 and 0 < steps[0] < STEPS, steps
-  assert f"SIGTERM: saving a checkpoint at step {steps[0]}" in outputs[0], outputs[0]
+  first = finish(processes, paths, timeout=120)
+  stopped_at = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+  resumed = finish(*start_two_processes(workdir, config_file, base / "logs_resumed", *overrides))
+  return workdir, first, resumed, stopped_at
 
-  outputs = finish(*start_two_processes(workdir, config_file, tmp_path / "logs_resumed", *overrides))
-  assert f"resuming from the checkpoint at step {steps[0]} " in outputs[0], outputs[0]
-  assert [r["step"] for r in read_metrics(metrics_path)] == list(range(STEPS))
-  assert_states_equal(finished_state(workdir), finished_state(reference_dir))
+
+@pytest.mark.parametrize("variant", ["data_parallel_preempted", "fsdp_across_processes"])
+def test_two_processes_train_like_one(variant, single_process, request):
+  """data_parallel_preempted: each process holds the whole state, the batch is split over all 4 devices, and
+  the run was stopped by a SIGTERM and resumed on the way (from a checkpoint both processes wrote).
+
+  fsdp_across_processes: parameters and optimiser state are split over the 4 devices of both
+  processes, so neither process holds a whole parameter and the checkpoint is
+  complete only if both wrote their shards.
+  """
+  single_dir, single_state = single_process
+  if variant == "fsdp_across_processes":
+    workdir, outputs = request.getfixturevalue("fsdp_run")
+    checkpoint_steps, starts = (40, STEPS), 1
+  else:
+    workdir, _, outputs, stopped_at = request.getfixturevalue("preempted_run")
+    checkpoint_steps, starts = (*stopped_at, STEPS), 2
+  assert f"done at step {STEPS}" in outputs[0] and "device cpu x4" in outputs[0], outputs[0]
+  assert "done at step" not in outputs[1]  # process 1 logs nothing of its own
+
+  # Process 0 alone wrote the logs: each logged step once, one TensorBoard event file per start.
+  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  log_every = 1 if variant != "fsdp_across_processes" else faults_config().logging.log_every
+  assert [r["step"] for r in records] == [s for s in range(STEPS) if s % log_every == 0 or s == STEPS - 1]
+  assert len([f for f in os.listdir(os.path.join(workdir, "tb")) if "tfevents" in f]) == starts
+  single_records = read_metrics(os.path.join(single_dir, "metrics.jsonl"))
+  ours = {r["step"]: r for r in records}
+  np.testing.assert_allclose([ours[r["step"]]["train/loss"] for r in single_records],
+                             [r["train/loss"] for r in single_records], rtol=LOSS_RTOL)
+  np.testing.assert_allclose([ours[r["step"]]["train/grad_norm"] for r in single_records],
+                             [r["train/grad_norm"] for r in single_records], rtol=GRAD_NORM_RTOL)
+
+  # Both processes wrote their share of each checkpoint, and together they restore (into 8 devices here).
+  for step in checkpoint_steps:
+    state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
+    assert {f"ocdbt.process_{i}" for i in range(NUM_PROCESSES)} <= set(os.listdir(state_dir)), os.listdir(state_dir)
+  state = finished_state(workdir)
+  assert int(state.step) == STEPS
+  ours, single = without_key_bias(state.params), without_key_bias(single_state.params)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(single)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=PARAMS_ATOL, err_msg=jax.tree_util.keystr(path))
+
+
+def without_key_bias(params):
+  """The parameters with the attention key bias zeroed.
+
+  Softmax ignores the key bias, so its gradient is rounding noise that Adam
+  turns into steps of up to lr: it drifts apart between any two device counts
+  (1e-3 after 80 steps here) without changing the function.
+  """
+  params = jax.tree.map(np.array, params)
+  for name, layer in params.items():
+    if name.startswith("layer_"):
+      layer["attn"]["qkv"]["bias"][1] = 0.0
+  return params
+
+
+def test_sigterm_stops_both_processes_at_one_step_and_the_same_command_resumes(preempted_run):
+  """SIGTERM reaches process 1 alone; process 0 hears of it only through jax.distributed.
+
+  A flag per process would stop process 1 at once and leave process 0 waiting
+  in the next step's collective, for ever. Both must stop at one step, write
+  one checkpoint together and exit 0 (process 0 gets its own SIGTERM only if it
+  is still training two logged steps later); the same command then finishes
+  the run, every step logged once (that it ends where one process would, see
+  test_two_processes_train_like_one[data_parallel_preempted]).
+  """
+  workdir, first, resumed, stopped_at = preempted_run
+  assert len(stopped_at) == 1 and 0 < stopped_at[0] < STEPS, stopped_at
+  assert f"SIGTERM: saving a checkpoint at step {stopped_at[0]}" in first[0], first[0]
+  assert f"resuming from the checkpoint at step {stopped_at[0]} " in resumed[0], resumed[0]
+  assert [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))] == list(range(STEPS))
