@@ -34,11 +34,11 @@ import json
 import os
 import re
 import shlex
-import signal
 import sys
 
 from lensjax import config as config_lib
 from lensjax.errors import InputError
+from lensjax.signals import SigtermFlag
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ENTROPY_FILE = "entropy.json"
@@ -156,34 +156,14 @@ def entropy_record(member: Member, member_dir: str, state) -> dict | None:
           "num_params": count_params(state.params), **last_metrics(member_dir), **results}
 
 
-class _StopRequest:
-  """SIGTERM outside a member's training (which handles its own) stops the sweep before the next member."""
-
-  def __init__(self):
-    self.requested = False
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def run_members(members: list[Member], workdir: str) -> list[dict]:
   """Trains each member in turn (resuming, skipping finished ones) and writes the entropy files."""
-  with _StopRequest() as stop:
+  # SIGTERM outside a member's training (which handles its own) stops the sweep before the next member.
+  with SigtermFlag() as stop:
     return _run_members(members, workdir, stop)
 
 
-def _run_members(members: list[Member], workdir: str, stop: _StopRequest) -> list[dict]:
+def _run_members(members: list[Member], workdir: str, stop: SigtermFlag) -> list[dict]:
   import jax
   from lensjax.train import loop
   records = []

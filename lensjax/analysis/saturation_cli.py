@@ -121,15 +121,9 @@ def run(args, extra: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`lensjax saturation` on its own (`python -m lensjax.analysis.saturation_cli ARGS`), with cli.py's exit codes."""
-  top = argparse.ArgumentParser(prog="lensjax")
-  add_parser(top.add_subparsers(dest="command", required=True))
-  args, extra = top.parse_known_args(["saturation", *(sys.argv[1:] if argv is None else argv)])
-  try:
-    return args.handler(args, extra)
-  except InputError as e:
-    print(f"lensjax: error: {e}", file=sys.stderr)
-    return 2
+  """`python -m lensjax.analysis.saturation_cli ARGS`: `lensjax saturation ARGS`, with cli.py's exit codes."""
+  from lensjax import cli  # pylint: disable=import-outside-toplevel
+  return cli.main(["saturation", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -246,16 +246,9 @@ def summary(report: dict, config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`python -m lensjax.analysis.spikes_cli ...`: the command without the rest of the CLI."""
-  import argparse
-  top = argparse.ArgumentParser(prog="lensjax")
-  add_parser(top.add_subparsers(dest="command", required=True))
-  args, extra = top.parse_known_args(["spikes"] + list(sys.argv[1:] if argv is None else argv))
-  try:
-    return args.handler(args, extra)
-  except InputError as e:
-    print(f"lensjax: error: {e}", file=sys.stderr)
-    return 2
+  """`python -m lensjax.analysis.spikes_cli ARGS`: `lensjax spikes ARGS`, with cli.py's exit codes."""
+  from lensjax import cli  # pylint: disable=import-outside-toplevel
+  return cli.main(["spikes", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

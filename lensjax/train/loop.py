@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import signal
 import sys
 import time
 
@@ -25,6 +24,7 @@ from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.metrics_log import truncate_after
 from lensjax.io.run_logger import RunLogger
 from lensjax.model import Transformer
+from lensjax.signals import SigtermFlag
 from lensjax.stats import lenses as lens_lib
 from lensjax.stats.sparsity import jaccard
 from lensjax.train import optim
@@ -106,7 +106,7 @@ def halt_message(run: Run, state, checkpoints: Checkpoints) -> str:
           "optim.clip_norm, or pass --config.train.nan_policy=skip to skip such steps.")
 
 
-class _Preemption:
+class _Preemption(SigtermFlag):
   """Turns SIGTERM into a stop between steps.
 
   One process: a flag of its own. Several (jax.distributed): JAX's preemption
@@ -116,8 +116,7 @@ class _Preemption:
   """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    super().__init__()
     self._agreed = jax.distributed.is_initialized()
 
   def reached(self, step: int) -> bool:
@@ -129,18 +128,7 @@ class _Preemption:
   def __enter__(self):
     if self._agreed:  # leave SIGTERM to JAX's notifier
       return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no signal handling
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    return super().__enter__()
 
 
 def _log(message: str) -> None:
