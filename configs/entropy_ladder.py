@@ -20,25 +20,31 @@ from lensjax.config import Config
 
 
 def get_config() -> Config:
-  config = Config()
-  m = config.model
-  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 4, 128, 4, 512, 16
-  m.activation = "relu"
-  d = config.data
-  d.source, d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len = "markov", 4, 2, 0.5, 10
-  d.markov_initial = "stationary"
-  d.num_sequences = 0
-  config.train.steps = 3000
-  config.train.batch_size = 256
-  config.optim.lr = 1e-3
-  config.optim.warmup_steps = 100
-  # Weight decay shrinks logits, i.e. pushes every model towards higher entropy: off, so as not to mask the effect.
-  config.optim.weight_decay = 0.0
-  config.logging.log_every = 100
-  config.logging.eval_every = 500
-  config.checkpoint.save_every = 1000
-  config.stats.dead_window = 200
-  return config
+  return Config().updated({
+      "model.num_layers": 4,
+      "model.d_model": 128,
+      "model.num_heads": 4,
+      "model.d_ff": 512,
+      "model.max_len": 16,
+      "model.activation": "relu",
+      "data.source": "markov",
+      "data.vocab_size": 4,
+      "data.markov_order": 2,
+      "data.markov_alpha": 0.5,
+      "data.seq_len": 10,
+      "data.markov_initial": "stationary",
+      "data.num_sequences": 0,
+      "train.steps": 3000,
+      "train.batch_size": 256,
+      "optim.lr": 1e-3,
+      "optim.warmup_steps": 100,
+      # Weight decay shrinks logits, i.e. pushes every model towards higher entropy: off, so as not to mask the effect.
+      "optim.weight_decay": 0.0,
+      "logging.log_every": 100,
+      "logging.eval_every": 500,
+      "checkpoint.save_every": 1000,
+      "stats.dead_window": 200,
+  })
 
 
 def _member(layers: int, width: int) -> dict:

@@ -51,18 +51,18 @@ _GPU_ABLATION_WIDTH = 128  # d_model of the GPU ablation, whose FFN widths are s
 
 
 def get_config():
-  config = _ladder.get_config()
-  config.data.seq_len = SEQ_LEN
-  config.train.steps = 1000
-  config.train.batch_size = 64
-  config.optim.lr = 3e-3
-  config.optim.warmup_steps = 50
-  config.logging.log_every = 20
-  config.logging.eval_every = 250
-  config.logging.eval_batches = 16
-  config.checkpoint.save_every = 1000  # one checkpoint, at the end
-  config.stats.dead_window = 100
-  return config
+  return _ladder.get_config().updated({
+      "data.seq_len": SEQ_LEN,
+      "train.steps": 1000,
+      "train.batch_size": 64,
+      "optim.lr": 3e-3,
+      "optim.warmup_steps": 50,
+      "logging.log_every": 20,
+      "logging.eval_every": 250,
+      "logging.eval_batches": 16,
+      "checkpoint.save_every": 1000,  # one checkpoint, at the end
+      "stats.dead_window": 100,
+  })
 
 
 def _ladder_members(seed: int) -> list[dict]:

@@ -11,22 +11,28 @@ from lensjax.config import Config
 
 
 def get_config() -> Config:
-  config = Config()
-  m = config.model
-  m.num_layers, m.d_model, m.num_heads, m.d_ff = 12, 768, 12, 3072
-  m.vocab_size, m.vocab_multiple, m.max_len = 50257, 128, 1024
-  m.activation, m.dtype, m.attention = "gelu", "bfloat16", "auto"
-  m.scan_layers = False
-  config.data.source = "tokens"
-  config.data.seq_len = 1024
-  config.train.steps = 5000
-  config.train.batch_size = 64
-  config.optim.name = "adamw"
-  config.optim.lr = 6e-4
-  config.optim.warmup_steps = 200
-  config.optim.weight_decay = 0.1
-  config.optim.b2 = 0.95
-  config.logging.log_every = 100
-  config.logging.eval_every = 1000
-  config.checkpoint.save_every = 1000
-  return config
+  return Config().updated({
+      "model.num_layers": 12,
+      "model.d_model": 768,
+      "model.num_heads": 12,
+      "model.d_ff": 3072,
+      "model.vocab_size": 50257,
+      "model.vocab_multiple": 128,
+      "model.max_len": 1024,
+      "model.activation": "gelu",
+      "model.dtype": "bfloat16",
+      "model.attention": "auto",
+      "model.scan_layers": False,
+      "data.source": "tokens",
+      "data.seq_len": 1024,
+      "train.steps": 5000,
+      "train.batch_size": 64,
+      "optim.name": "adamw",
+      "optim.lr": 6e-4,
+      "optim.warmup_steps": 200,
+      "optim.weight_decay": 0.1,
+      "optim.b2": 0.95,
+      "logging.log_every": 100,
+      "logging.eval_every": 1000,
+      "checkpoint.save_every": 1000,
+  })

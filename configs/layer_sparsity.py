@@ -12,22 +12,25 @@ from lensjax.config import Config
 
 
 def get_config() -> Config:
-  config = Config()
-  m = config.model
-  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 6, 256, 8, 1024, 256
-  m.activation = "relu"
-  m.dropout = 0.0
-  config.data.source = "bytes"
-  config.data.path = ""  # the built-in corpus
-  config.data.seq_len = 256
-  config.train.steps = 4000
-  config.train.batch_size = 64
-  config.optim.lr = 1e-3
-  config.optim.warmup_steps = 200
-  config.optim.weight_decay = 0.1
-  config.stats.dead_window = 100
-  config.stats.probe_tokens = 8192
-  config.logging.log_every = 50
-  config.logging.eval_every = 250
-  config.checkpoint.save_every = 1000
-  return config
+  return Config().updated({
+      "model.num_layers": 6,
+      "model.d_model": 256,
+      "model.num_heads": 8,
+      "model.d_ff": 1024,
+      "model.max_len": 256,
+      "model.activation": "relu",
+      "model.dropout": 0.0,
+      "data.source": "bytes",
+      "data.path": "",  # the built-in corpus
+      "data.seq_len": 256,
+      "train.steps": 4000,
+      "train.batch_size": 64,
+      "optim.lr": 1e-3,
+      "optim.warmup_steps": 200,
+      "optim.weight_decay": 0.1,
+      "stats.dead_window": 100,
+      "stats.probe_tokens": 8192,
+      "logging.log_every": 50,
+      "logging.eval_every": 250,
+      "checkpoint.save_every": 1000,
+  })

@@ -31,25 +31,28 @@ SWEEP = [{"name": f"wd{wd:g}_lr{lr:g}", "optim.weight_decay": wd, "optim.lr": lr
 
 
 def get_config() -> Config:
-  config = Config()
-  m = config.model
-  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 4, 256, 8, 1024, 128
-  m.activation = "relu"  # positively homogeneous: at c·θ the FFN changes by scale (up to biases); attention saturates
-  m.dropout = 0.0
-  config.data.source = "bytes"
-  config.data.path = ""  # the built-in corpus
-  config.data.seq_len = 128
-  config.train.steps = 2000
-  config.train.batch_size = 64
-  config.optim.name = "adamw"
-  config.optim.lr = 1e-3
-  config.optim.schedule = "constant"  # a decaying rate would bend the growth curve on its own
-  config.optim.warmup_steps = 100
-  config.optim.weight_decay = 0.0
-  config.optim.decay_exempt = True
-  config.stats.dead_window = 100
-  config.stats.saturation_every = 100
-  config.logging.log_every = 20
-  config.logging.eval_every = 250
-  config.checkpoint.save_every = 1000
-  return config
+  return Config().updated({
+      "model.num_layers": 4,
+      "model.d_model": 256,
+      "model.num_heads": 8,
+      "model.d_ff": 1024,
+      "model.max_len": 128,
+      "model.activation": "relu",  # positively homogeneous: at c·θ the FFN changes by scale (up to biases); attention saturates
+      "model.dropout": 0.0,
+      "data.source": "bytes",
+      "data.path": "",  # the built-in corpus
+      "data.seq_len": 128,
+      "train.steps": 2000,
+      "train.batch_size": 64,
+      "optim.name": "adamw",
+      "optim.lr": 1e-3,
+      "optim.schedule": "constant",  # a decaying rate would bend the growth curve on its own
+      "optim.warmup_steps": 100,
+      "optim.weight_decay": 0.0,
+      "optim.decay_exempt": True,
+      "stats.dead_window": 100,
+      "stats.saturation_every": 100,
+      "logging.log_every": 20,
+      "logging.eval_every": 250,
+      "checkpoint.save_every": 1000,
+  })

@@ -28,16 +28,19 @@ SWEEP = [{"name": f"wd{wd:g}_lr{lr:g}", "optim.weight_decay": wd, "optim.lr": lr
 
 
 def get_config():
-  config = _gpu.get_config()
-  m = config.model
-  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 2, 64, 4, 256, 64
-  config.data.seq_len = 64
-  config.train.batch_size = 16
-  config.train.steps = 2000
-  config.stats.saturation_every = 250
-  config.logging.log_every = 20
-  config.logging.eval_every = 250
-  config.checkpoint.save_every = 1000
-  config.checkpoint.keep = 1
-  config.logging.progress = "lines"
-  return config
+  return _gpu.get_config().updated({
+      "model.num_layers": 2,
+      "model.d_model": 64,
+      "model.num_heads": 4,
+      "model.d_ff": 256,
+      "model.max_len": 64,
+      "data.seq_len": 64,
+      "train.batch_size": 16,
+      "train.steps": 2000,
+      "stats.saturation_every": 250,
+      "logging.log_every": 20,
+      "logging.eval_every": 250,
+      "checkpoint.save_every": 1000,
+      "checkpoint.keep": 1,
+      "logging.progress": "lines",
+  })

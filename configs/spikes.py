@@ -30,24 +30,35 @@ from lensjax.config import Config
 
 
 def get_config() -> Config:
-  config = Config()
-  m = config.model
-  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 2, 128, 4, 512, 32
-  m.activation = "relu"
-  d = config.data
-  d.source, d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len = "markov", 16, 1, 0.1, 32
-  d.num_sequences = 32  # = train.batch_size: every batch is the whole training set
-  config.train.steps = 250
-  config.train.batch_size = 32
-  config.train.nan_policy = "skip"  # a non-finite step is part of the story, not the end of it
-  o = config.optim
-  o.name, o.lr, o.schedule, o.warmup_steps = "adam", 1e-2, "constant", 10
-  o.b1, o.b2, o.eps = 0.9, 0.999, 1e-12
-  o.clip_norm, o.weight_decay = 0.0, 0.0
-  config.stats.dead_window = 20
-  config.logging.log_every = 1
-  config.logging.eval_every = 0
-  config.checkpoint.save_every = 25
-  config.checkpoint.keep = 2
-  config.checkpoint.keep_every = 25
-  return config
+  return Config().updated({
+      "model.num_layers": 2,
+      "model.d_model": 128,
+      "model.num_heads": 4,
+      "model.d_ff": 512,
+      "model.max_len": 32,
+      "model.activation": "relu",
+      "data.source": "markov",
+      "data.vocab_size": 16,
+      "data.markov_order": 1,
+      "data.markov_alpha": 0.1,
+      "data.seq_len": 32,
+      "data.num_sequences": 32,  # = train.batch_size: every batch is the whole training set
+      "train.steps": 250,
+      "train.batch_size": 32,
+      "train.nan_policy": "skip",  # a non-finite step is part of the story, not the end of it
+      "optim.name": "adam",
+      "optim.lr": 0.01,
+      "optim.schedule": "constant",
+      "optim.warmup_steps": 10,
+      "optim.b1": 0.9,
+      "optim.b2": 0.999,
+      "optim.eps": 1e-12,
+      "optim.clip_norm": 0.0,
+      "optim.weight_decay": 0.0,
+      "stats.dead_window": 20,
+      "logging.log_every": 1,
+      "logging.eval_every": 0,
+      "checkpoint.save_every": 25,
+      "checkpoint.keep": 2,
+      "checkpoint.keep_every": 25,
+  })

@@ -20,7 +20,7 @@ from typing import Any
 from lensjax.errors import InputError
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   num_layers: int = 2
   d_model: int = 64
@@ -44,7 +44,7 @@ class ModelConfig:
   init_std: float = 0.02
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
   source: str = "markov"  # markov | teacher | bytes | tokens
   seq_len: int = 64
@@ -63,7 +63,7 @@ class DataConfig:
   heldout_fraction: float = 0.05
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
   name: str = "adamw"  # adamw | adam | sgd | adafactor
   lr: float = 3e-3
@@ -79,7 +79,7 @@ class OptimConfig:
   clip_norm: float = 1.0  # global-norm clipping; 0 disables
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   steps: int = 300
   batch_size: int = 32  # global, across all devices and processes
@@ -87,7 +87,7 @@ class TrainConfig:
   nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class StatsConfig:
   dead_window: int = 100  # a unit is dead after this many steps without activity
   attention_sub_batch: int = 4  # rows for attention statistics when attention=cudnn
@@ -100,7 +100,7 @@ class StatsConfig:
   spike_k: float = 6.0  # ... by more than this many median absolute deviations
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   save_every: int = 100
   keep: int = 3  # the newest checkpoints kept
@@ -108,7 +108,7 @@ class CheckpointConfig:
   async_save: bool = True
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class LoggingConfig:
   log_every: int = 10
   eval_every: int = 100  # 0 disables held-out evaluation
@@ -117,13 +117,14 @@ class LoggingConfig:
   progress: str = "auto"  # auto (a live line on a terminal) | lines | none
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ParallelConfig:
   fsdp: int = 1  # devices that split parameters and optimiser state (1: replicate)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Config:
+  """The whole run; frozen and hashable, so compiled functions can be cached on it (change it with `updated`)."""
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -132,6 +133,10 @@ class Config:
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
   parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+
+  def updated(self, values: dict[str, Any]) -> Config:
+    """A copy with Python values under dotted keys: `config.updated({"model.num_layers": 4})`."""
+    return updated(self, values)
 
 
 CHOICES = {
@@ -219,18 +224,34 @@ def unknown_key_error(key: str, config: Config) -> InputError:
 
 
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
-  """Returns a copy of `config` with `{"model.num_layers": "4", ...}` applied."""
-  config = from_dict(to_dict(config))
+  """A copy of `config` with command-line text values `{"model.num_layers": "4", ...}` applied."""
+  values = {}
   for key, text in overrides.items():
-    parts = key.split(".")
-    if len(parts) != 2 or not hasattr(config, parts[0]) or not dataclasses.is_dataclass(getattr(config, parts[0])):
-      raise unknown_key_error(key, config)
-    section = getattr(config, parts[0])
-    kinds = _field_types(type(section))
-    if parts[1] not in kinds:
-      raise unknown_key_error(key, config)
-    setattr(section, parts[1], _parse_value(key, text, kinds[parts[1]]))
-  return config
+    values[key] = _parse_value(key, text, _key_type(config, key))
+  return updated(config, values)
+
+
+def _key_type(config: Config, key: str) -> type:
+  parts = key.split(".")
+  if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(config)}:
+    raise unknown_key_error(key, config)
+  kinds = _field_types(type(getattr(config, parts[0])))
+  if parts[1] not in kinds:
+    raise unknown_key_error(key, config)
+  return kinds[parts[1]]
+
+
+def updated(config: Config, values: dict[str, Any]) -> Config:
+  """A copy of `config` with Python values under dotted keys: `updated(c, {"model.num_layers": 4})`.
+
+  Keys and types are checked as in a config file; `config` itself is frozen and stays as it was.
+  """
+  nested = to_dict(config)
+  for key, value in values.items():
+    _key_type(config, key)
+    section, name = key.split(".")
+    nested[section][name] = value
+  return from_dict(nested)
 
 
 def parse_override_args(args: list[str]) -> dict[str, str]:
@@ -251,11 +272,13 @@ def to_dict(config: Config) -> dict:
 def from_dict(values: dict) -> Config:
   """Builds a Config from nested dicts, rejecting unknown keys and wrong types."""
   config = Config()
+  sections = {}
   for section_name, section_values in values.items():
-    if not hasattr(config, section_name):
+    if section_name not in {f.name for f in dataclasses.fields(config)}:
       raise unknown_key_error(section_name, config)
     section = getattr(config, section_name)
     kinds = _field_types(type(section))
+    checked = {}
     for key, value in section_values.items():
       full = f"{section_name}.{key}"
       if key not in kinds:
@@ -265,8 +288,9 @@ def from_dict(values: dict) -> Config:
         value = float(value)
       if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InputError(f"config key {full} expects {kind.__name__}, got {value!r}; fix the config file or pass --config.{full}={_example(kind)}.")
-      setattr(section, key, value)
-  return config
+      checked[key] = value
+    sections[section_name] = dataclasses.replace(section, **checked)
+  return dataclasses.replace(config, **sections)
 
 
 def save_json(config: Config, path: str) -> None:
@@ -382,10 +406,10 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
 
 def resolve(config: Config, platform: str) -> Config:
   """Fills the values that depend on the data or the machine (written to config.json)."""
-  config = from_dict(to_dict(config))
-  if config.model.attention == "auto":
-    gpu_ready = platform == "gpu" and config.model.dtype in ("bfloat16", "float16")
-    config.model.attention = "cudnn" if gpu_ready else "xla"
-  if config.model.vocab_size == 0:
-    config.model.vocab_size = {"bytes": 256}.get(config.data.source, config.data.vocab_size)
-  return config
+  model = config.model
+  if model.attention == "auto":
+    gpu_ready = platform == "gpu" and model.dtype in ("bfloat16", "float16")
+    model = dataclasses.replace(model, attention="cudnn" if gpu_ready else "xla")
+  if model.vocab_size == 0:
+    model = dataclasses.replace(model, vocab_size={"bytes": 256}.get(config.data.source, config.data.vocab_size))
+  return dataclasses.replace(config, model=model)

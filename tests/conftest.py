@@ -41,26 +41,19 @@ def make_tiny_config(**overrides) -> Config:
 
   `overrides` are dotted keys with Python values, e.g. `**{"train.steps": 20}`.
   """
-  config = Config()
-  m, d, t, o = config.model, config.data, config.train, config.optim
-  m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len = 2, 32, 4, 64, 16
-  d.source, d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len = "markov", 8, 1, 0.5, 16
-  t.steps, t.batch_size, t.seed = 6, 8, 0
-  o.lr, o.warmup_steps, o.weight_decay = 1e-2, 2, 0.01
-  config.logging.log_every = 2
-  config.logging.eval_every = 0
-  config.logging.eval_batches = 1
-  config.logging.progress = "none"
-  config.checkpoint.save_every = 100
-  config.checkpoint.keep = 3
-  # Synchronous saves: fewer threads to reason about when a test fails.
-  config.checkpoint.async_save = False
-  config.stats.dead_window = 3
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    assert hasattr(getattr(config, section), name), key
-    setattr(getattr(config, section), name, value)
-  return config
+  config = Config().updated({
+      "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64, "model.max_len": 16,
+      "data.source": "markov", "data.vocab_size": 8, "data.markov_order": 1, "data.markov_alpha": 0.5,
+      "data.seq_len": 16,
+      "train.steps": 6, "train.batch_size": 8, "train.seed": 0,
+      "optim.lr": 1e-2, "optim.warmup_steps": 2, "optim.weight_decay": 0.01,
+      "logging.log_every": 2, "logging.eval_every": 0, "logging.eval_batches": 1, "logging.progress": "none",
+      "checkpoint.save_every": 100, "checkpoint.keep": 3,
+      # Synchronous saves: fewer threads to reason about when a test fails.
+      "checkpoint.async_save": False,
+      "stats.dead_window": 3,
+  })
+  return config.updated(overrides)
 
 
 @pytest.fixture

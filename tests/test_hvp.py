@@ -267,7 +267,6 @@ def test_a_cudnn_path_hvp_is_an_input_error():
 
 
 def test_hessian_every_must_not_be_negative():
-  config = Config()
-  config.stats.hessian_every = -1
+  config = Config().updated({"stats.hessian_every": -1})
   with pytest.raises(InputError, match="stats.hessian_every"):
     config_lib.validate(config, 1)

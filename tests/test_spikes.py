@@ -57,10 +57,7 @@ def spiking_config(**overrides):
                                "optim.b2": 0.999, "optim.eps": 1e-12, "logging.log_every": 1,
                                "checkpoint.save_every": 4, "checkpoint.keep": 2, "checkpoint.keep_every": 4,
                                "stats.spike_window": 4, "stats.spike_k": 6.0})
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    setattr(getattr(config, section), name, value)
-  return config
+  return config.updated(overrides)
 
 
 def train(tmp_path_factory, name, **overrides):

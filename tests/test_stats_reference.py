@@ -438,8 +438,7 @@ def adamw_run():
   Returns the config and, per step, {params, new_params, grads, opt_state, metrics} as NumPy.
   Compiling the step dominates the test time, so the tests below share this one run.
   """
-  config = Config()
-  config.model, config.optim = ModelConfig(**TINY), ADAMW
+  config = Config(model=ModelConfig(**TINY), optim=ADAMW)
   model = Transformer(config.model, collect_stats=True)
   tx, schedule = make_optimizer(config.optim, total_steps=10)
   state = jax.jit(lambda: create_state(model, tx, config.model, seq_len=5, seed=0))()

@@ -46,14 +46,14 @@ def golden_config() -> config_lib.Config:
 
 
 def make_config() -> config_lib.Config:
-  config = golden_config()
-  config.logging.log_every = 20  # 99, the last step, is logged too though 99 % 20 != 0
-  config.logging.eval_every = 0
-  config.logging.progress = "none"
-  config.checkpoint.save_every = 40
-  config.checkpoint.keep = 2
-  config.checkpoint.async_save = True  # the real path; close() waits for the writes
-  return config
+  return golden_config().updated({
+      "logging.log_every": 20,  # 99, the last step, is logged too though 99 % 20 != 0
+      "logging.eval_every": 0,
+      "logging.progress": "none",
+      "checkpoint.save_every": 40,
+      "checkpoint.keep": 2,
+      "checkpoint.async_save": True,  # the real path; close() waits for the writes
+  })
 
 
 CONFIG = make_config()
