@@ -87,11 +87,11 @@ def check_step(step: int) -> int:
   return int(step)
 
 
-def next_token_batch(tokens_BxT1: np.ndarray) -> dict[str, np.ndarray]:
+def next_token_batch(tokens_BxTp1: np.ndarray) -> dict[str, np.ndarray]:
   """Splits sequences of T+1 tokens into inputs/targets shifted by one."""
-  tokens_BxT1 = np.asarray(tokens_BxT1)
-  inputs_BxT = np.ascontiguousarray(tokens_BxT1[:, :-1], dtype=np.int32)
-  targets_BxT = np.ascontiguousarray(tokens_BxT1[:, 1:], dtype=np.int32)
+  tokens_BxTp1 = np.asarray(tokens_BxTp1)
+  inputs_BxT = np.ascontiguousarray(tokens_BxTp1[:, :-1], dtype=np.int32)
+  targets_BxT = np.ascontiguousarray(tokens_BxTp1[:, 1:], dtype=np.int32)
   return {
       "inputs": inputs_BxT,
       "targets": targets_BxT,

@@ -7,13 +7,21 @@ against samples, and the entropy of the data is a dial (`alpha`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
+import jax.numpy as jnp
 import numpy as np
 
 from lensjax.data import base
+from lensjax.data.law import TargetLaw, log64
+from lensjax.data.markov_chain import (conditional_rows, cumulative_rows, context_index, dirichlet_transition,
+                                       sample_markov, start_conditionals, stationary_context_distribution,
+                                       uniform_start_tables)
 from lensjax.errors import InputError
+from lensjax.ops.arrays import F32
+from lensjax.ops.distributions import entropy_nats
 
 # A transition table beyond this many entries (512 MiB in float64, twice that
 # with its cumulative copy) would dominate host memory for no scientific gain.
@@ -36,117 +44,6 @@ INITIALS = ("uniform", "stationary")
 
 # The stationary distribution is solved for densely over the V^k contexts.
 MAX_STATIONARY_CONTEXTS = 4096
-
-
-def dirichlet_transition(num_contexts: int, vocab_size: int, alpha: float,
-                         rng: np.random.Generator) -> np.ndarray:
-  """[C, V] float64 rows drawn from Dirichlet(alpha * 1), each summing to 1."""
-  rows_CxV = rng.dirichlet(np.full(vocab_size, alpha), size=num_contexts)
-  # Renormalise so rows sum to 1 to the last bit the sampler relies on.
-  return rows_CxV / rows_CxV.sum(axis=-1, keepdims=True)
-
-
-def cumulative_rows(probs_CxV: np.ndarray) -> np.ndarray:
-  """Inverse-CDF table, ending exactly at 1 so no draw u < 1 runs off it."""
-  cumulative_CxV = np.minimum(np.cumsum(probs_CxV, axis=-1), 1.0)
-  cumulative_CxV[:, -1] = 1.0
-  return cumulative_CxV
-
-
-def context_index(tokens_BxK: np.ndarray, vocab_size: int) -> np.ndarray:
-  """Row of the transition table for contexts given oldest token first.
-
-  The most recent token is the least significant base-V digit, so sliding the
-  context by one token is `(index * V + new_token) % V**k`.
-  """
-  tokens_BxK = np.asarray(tokens_BxK, dtype=np.int64)
-  order = tokens_BxK.shape[-1]
-  if order == 0:
-    return np.zeros(tokens_BxK.shape[:-1], np.int64)
-  weights_K = vocab_size ** np.arange(order - 1, -1, -1, dtype=np.int64)
-  return tokens_BxK @ weights_K
-
-
-def sample_markov(cumulative_CxV: np.ndarray, order: int,
-                  uniforms_BxT1: np.ndarray,
-                  start_cumulatives: list[np.ndarray] | None = None) -> np.ndarray:
-  """Sequences of an order-k chain whose first k tokens are uniform.
-
-  With `start_cumulatives` (inverse-CDF tables of [V^j, V] for j = 0..k-1:
-  token j given the j before it) the first k tokens are drawn from those
-  instead, e.g. from the stationary distribution.
-  A pure function of the uniform draws (one per token), so a batch depends
-  only on how those were drawn. Vectorised over rows, looping over time.
-  """
-  num_contexts, vocab_size = cumulative_CxV.shape
-  num_rows, length = uniforms_BxT1.shape
-  num_initial = min(order, length)
-  tokens_BxT1 = np.empty((num_rows, length), np.int32)
-  if start_cumulatives is None:
-    # Uniform initial tokens by inverse CDF too, so one draw per token suffices.
-    tokens_BxT1[:, :num_initial] = np.minimum(
-        (uniforms_BxT1[:, :num_initial] * vocab_size).astype(np.int64),
-        vocab_size - 1)
-  else:
-    for j in range(num_initial):
-      cdf_BxV = start_cumulatives[j][context_index(tokens_BxT1[:, :j], vocab_size)]
-      tokens_BxT1[:, j] = (cdf_BxV <= uniforms_BxT1[:, j, None]).sum(axis=-1)
-  context_B = context_index(tokens_BxT1[:, :num_initial], vocab_size)
-  for t in range(num_initial, length):
-    cdf_BxV = cumulative_CxV[context_B]
-    # Symbols whose cdf is <= u are passed over; zero-probability symbols
-    # share their predecessor's cdf and so can never be chosen.
-    next_B = (cdf_BxV <= uniforms_BxT1[:, t, None]).sum(axis=-1)
-    tokens_BxT1[:, t] = next_B
-    context_B = (context_B * vocab_size + next_B) % num_contexts
-  return tokens_BxT1
-
-
-def stationary_context_distribution(transition_CxV: np.ndarray) -> np.ndarray:
-  """float64 [C]: the stationary law of the chain's context (its last k tokens).
-
-  Context c moves to (c*V + v) mod C with probability P[c, v]; solves
-  pi M = pi with sum(pi) = 1 densely (C <= MAX_STATIONARY_CONTEXTS). Rows
-  drawn from a Dirichlet are positive almost surely, so pi is unique.
-  """
-  num_contexts, vocab_size = transition_CxV.shape
-  next_CxV = (np.arange(num_contexts)[:, None] * vocab_size + np.arange(vocab_size)) % num_contexts
-  moves_CxC = np.zeros((num_contexts, num_contexts))
-  np.add.at(moves_CxC, (np.repeat(np.arange(num_contexts), vocab_size), next_CxV.ravel()), transition_CxV.ravel())
-  # (M^T - I) pi = 0 has rank C-1; one of its equations is replaced by sum(pi) = 1.
-  system_CxC = moves_CxC.T - np.eye(num_contexts)
-  system_CxC[-1] = 1.0
-  rhs_C = np.zeros(num_contexts)
-  rhs_C[-1] = 1.0
-  try:
-    pi_C = np.linalg.solve(system_CxC, rhs_C)
-  except np.linalg.LinAlgError:  # a reducible chain: any one of its stationary laws
-    pi_C = np.linalg.lstsq(system_CxC, rhs_C, rcond=None)[0]
-  pi_C = np.maximum(pi_C, 0.0)
-  return pi_C / pi_C.sum()
-
-
-def start_conditionals(context_probs_C: np.ndarray, vocab_size: int, order: int) -> list[np.ndarray]:
-  """[V^j, V] float64 for j = 0..k-1: p(token j | tokens 0..j-1) under a law of the first k tokens.
-
-  Marginals of the first j tokens come from summing the newest digits of the
-  context index (oldest token = most significant digit). A prefix of
-  probability 0 gets a uniform row (it is never drawn).
-  """
-  tables = []
-  for j in range(order):
-    joint_PxV = context_probs_C.reshape(vocab_size**(j + 1), -1).sum(axis=1).reshape(vocab_size**j, vocab_size)
-    prefix_P = joint_PxV.sum(axis=1, keepdims=True)
-    uniform = np.full_like(joint_PxV, 1.0 / vocab_size)
-    tables.append(np.where(prefix_P > 0, joint_PxV / np.where(prefix_P > 0, prefix_P, 1.0), uniform))
-  return tables
-
-
-def entropy_nats(probs_NxV: np.ndarray) -> np.ndarray:
-  """Shannon entropy of each row, with 0 log 0 = 0."""
-  probs_NxV = np.asarray(probs_NxV, np.float64)
-  logs = np.log(np.where(probs_NxV > 0, probs_NxV, 1.0))
-  return -(probs_NxV * logs).sum(axis=-1)
 
 
 class MarkovTarget:
@@ -178,10 +75,8 @@ class MarkovTarget:
         self.num_contexts, self.vocab_size, self.alpha,
         base.make_rng(self.seed, STREAM_CHAIN))
     self.initial = initial
-    # The law of the first context (the first k tokens) and, for a stationary
-    # start, of token j given tokens < j under it ([V^j, V] for j < k; a
-    # uniform start needs no tables: every such conditional is 1/V).
-    self.start_conditionals: list[np.ndarray] | None = None
+    # The law of the first context (the first k tokens), and of token j given
+    # tokens < j under it: [V^j, V] for j < k.
     self._start_cumulatives = None
     if initial == "stationary":
       self.context_distribution = stationary_context_distribution(self.transition)
@@ -189,15 +84,13 @@ class MarkovTarget:
       self._start_cumulatives = [cumulative_rows(table) for table in self.start_conditionals]
     else:
       self.context_distribution = np.full(self.num_contexts, 1.0 / self.num_contexts)
+      self.start_conditionals = uniform_start_tables(self.vocab_size, self.order)
     # The law of x_0: with order 0 it is drawn from the (single) row like every token.
-    if self.order == 0:
-      self.initial_distribution = self.transition[0].copy()
-    elif initial == "stationary":
-      self.initial_distribution = self.start_conditionals[0][0]
-    else:
-      self.initial_distribution = np.full(self.vocab_size, 1.0 / self.vocab_size)
+    self.initial_distribution = (self.transition[0] if self.order == 0 else self.start_conditionals[0][0]).copy()
     self._cumulative_CxV = cumulative_rows(self.transition)
     self._transition_f32 = self.transition.astype(np.float32)
+    self._start_f32 = ([table.astype(np.float32) for table in self.start_conditionals[1:]] if initial == "stationary"
+                       else uniform_start_tables(self.vocab_size, self.order, np.float32)[1:])
     self._training_set: np.ndarray | None = None
     self._epoch_orders: dict[int, np.ndarray] = {}
 
@@ -222,24 +115,10 @@ class MarkovTarget:
     if inputs_BxT.size and (inputs_BxT.min() < 0
                             or inputs_BxT.max() >= self.vocab_size):
       raise ValueError(f"inputs hold ids outside [0, {self.vocab_size}).")
-    num_rows, length = inputs_BxT.shape
-    probs_BxTxV = np.empty((num_rows, length, self.vocab_size), np.float32)
-    if self.order == 0:
-      probs_BxTxV[:] = self._transition_f32[0]
-      return probs_BxTxV
-    num_uniform = min(self.order - 1, length)
-    if self.initial == "uniform":
-      probs_BxTxV[:, :num_uniform] = np.float32(1.0 / self.vocab_size)
-    else:
-      for t in range(num_uniform):
-        table_PxV = self.start_conditionals[t + 1].astype(np.float32)
-        probs_BxTxV[:, t] = table_PxV[context_index(inputs_BxT[:, :t + 1], self.vocab_size)]
-    if length > num_uniform:
-      windows_BxWxK = np.lib.stride_tricks.sliding_window_view(
-          inputs_BxT, self.order, axis=1)
-      probs_BxTxV[:, num_uniform:] = self._transition_f32[
-          context_index(windows_BxWxK, self.vocab_size)]
-    return probs_BxTxV
+    if inputs_BxT.shape[1] == 0:
+      return np.empty(inputs_BxT.shape + (self.vocab_size,), np.float32)
+    return conditional_rows(inputs_BxT.astype(np.int64), self._start_f32, self._transition_f32, order=self.order,
+                            vocab_size=self.vocab_size, concatenate=np.concatenate)
 
   def row_entropies(self) -> np.ndarray:
     """float64 [V^k]: entropy in nats of each context's transition row."""
@@ -256,17 +135,15 @@ class MarkovTarget:
     length = self.seq_len if seq_len is None else int(seq_len)
     entropies_T = np.empty(length)
     row_entropies_C = self.row_entropies()
-    num_uniform = min(max(self.order - 1, 0), length)
-    entropies_T[:num_uniform] = math.log(self.vocab_size)
-    if self.initial != "uniform":
-      for t in range(num_uniform):  # E over the first t+1 tokens of H(token t+1 | them)
-        prefix_P = self.context_distribution.reshape(self.vocab_size**(t + 1), -1).sum(axis=1)
-        entropies_T[t] = prefix_P @ entropy_nats(self.start_conditionals[t + 1])
+    num_start = min(max(self.order - 1, 0), length)
+    for t in range(num_start):  # E over the first t+1 tokens of H(token t+1 | them)
+      prefix_P = self.context_distribution.reshape(self.vocab_size**(t + 1), -1).sum(axis=1)
+      entropies_T[t] = prefix_P @ entropy_nats(self.start_conditionals[t + 1])
     # Context that follows each (context, next symbol) pair.
     next_context_CxV = (np.arange(self.num_contexts)[:, None] * self.vocab_size
                         + np.arange(self.vocab_size)) % self.num_contexts
     context_probs_C = self.context_distribution
-    for t in range(num_uniform, length):
+    for t in range(num_start, length):
       entropies_T[t] = context_probs_C @ row_entropies_C
       moved_C = np.bincount(
           next_context_CxV.ravel(),
@@ -278,9 +155,26 @@ class MarkovTarget:
       context_probs_C = moved_C
     return entropies_T
 
-  def sample(self, uniforms_BxT1: np.ndarray) -> np.ndarray:
+  def sequence_entropy(self, seq_len: int | None = None) -> float:
+    """H(X_1..X_T | X_0), exactly: Σ_t E[H(p(·|x≤t))] by DP over the context law."""
+    return float(np.sum(self.expected_target_entropies(seq_len)))
+
+  def joint_entropy(self, num_tokens: int) -> float:
+    """H(X_0..X_{n-1}) of the first n tokens: H(p_0) + H(X_1..X_{n-1} | X_0)."""
+    first = float(entropy_nats(self.initial_distribution))
+    return first + (self.sequence_entropy(num_tokens - 1) if num_tokens > 1 else 0.0)
+
+  def law(self) -> TargetLaw:
+    """The chain as a sequence law: the log of its tables on the device, and its entropy by DP."""
+    params = {"log_start": [jnp.asarray(log64(table), F32) for table in self.start_conditionals[1:]],
+              "log_transition": jnp.asarray(log64(self.transition), F32)}
+    training_set = self.training_set() if self.num_sequences is not None else None
+    return TargetLaw("markov", self.vocab_size, self.seq_len, log64(self.initial_distribution), params,
+                     MarkovLogProbs(self.order, self.vocab_size), self.sequence_entropy(), training_set)
+
+  def sample(self, uniforms_BxTp1: np.ndarray) -> np.ndarray:
     """int32 [B, T+1] sequences from given uniform draws in [0, 1)."""
-    return sample_markov(self._cumulative_CxV, self.order, uniforms_BxT1, self._start_cumulatives)
+    return sample_markov(self._cumulative_CxV, self.order, uniforms_BxTp1, self._start_cumulatives)
 
   def training_set(self) -> np.ndarray:
     """int32 [N, T+1]: the finite training set, drawn once from the seed."""
@@ -327,16 +221,27 @@ class MarkovTarget:
     step = base.check_step(step)
     rows = base.process_rows(batch_size, process_index, process_count)
     if split == "train" and self.num_sequences is not None:
-      tokens_BxT1 = self._finite_set_rows(step, batch_size, rows)
+      tokens_BxTp1 = self._finite_set_rows(step, batch_size, rows)
     else:
       # Draw the whole global batch (cheap) so every process count sees the
       # same rows, then simulate only this process's share.
       rng = base.make_rng(self.seed, stream_id, step)
-      uniforms_BxT1 = rng.random((batch_size, self.seq_len + 1))
-      tokens_BxT1 = self.sample(uniforms_BxT1[rows])
-    batch = base.next_token_batch(tokens_BxT1)
+      uniforms_BxTp1 = rng.random((batch_size, self.seq_len + 1))
+      tokens_BxTp1 = self.sample(uniforms_BxTp1[rows])
+    batch = base.next_token_batch(tokens_BxTp1)
     batch["target_probs"] = self.token_conditionals(batch["inputs"])
     return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovLogProbs:
+  """The law's conditionals in jit: `(params of MarkovTarget.law, tokens_BxT) -> log p [B, T, V]`."""
+  order: int
+  vocab_size: int
+
+  def __call__(self, params, tokens_BxT):
+    return conditional_rows(tokens_BxT, params["log_start"], params["log_transition"], order=self.order,
+                            vocab_size=self.vocab_size, concatenate=jnp.concatenate)
 
 
 def _is_int(value) -> bool:
@@ -369,8 +274,11 @@ def _check_markov_args(vocab_size: int, order: int, alpha: float,
         f"{MAX_TRANSITION_ENTRIES:,} allowed; reduce vocab_size or order.")
   if initial not in INITIALS:
     raise InputError(f"Markov initial={initial!r} must be one of {', '.join(INITIALS)}.")
-  if initial == "stationary" and int(vocab_size)**int(order) > MAX_STATIONARY_CONTEXTS:
+  contexts = int(vocab_size)**int(order)
+  if initial == "stationary" and contexts > MAX_STATIONARY_CONTEXTS:
+    # Named by its config keys: a config is how a run asks for this chain, and make_source
+    # builds it before anything compiles.
     raise InputError(
-        f"A stationary start solves for a law over vocab_size**order = "
-        f"{int(vocab_size)**int(order):,} contexts, more than the "
-        f"{MAX_STATIONARY_CONTEXTS:,} allowed; use initial=uniform or reduce vocab_size or order.")
+        f"data.markov_initial=stationary solves for a law over data.vocab_size**data.markov_order = {contexts:,} "
+        f"contexts, more than {MAX_STATIONARY_CONTEXTS:,}; use data.markov_initial=uniform or a smaller vocabulary "
+        "or order.")

@@ -144,13 +144,13 @@ class _TokenWindows:
     step = base.check_step(step)
     rows = base.process_rows(batch_size, process_index, process_count)
     starts_B = self.window_starts(step, batch_size, split)[rows]
-    tokens_BxT1 = np.asarray(
+    tokens_BxTp1 = np.asarray(
         self.tokens[starts_B[:, None] + np.arange(self.seq_len + 1)])
-    if self._checks_each_window and tokens_BxT1.max() >= self.vocab_size:
-      row, col = np.argwhere(tokens_BxT1 >= self.vocab_size)[0]
+    if self._checks_each_window and tokens_BxTp1.max() >= self.vocab_size:
+      row, col = np.argwhere(tokens_BxTp1 >= self.vocab_size)[0]
       self._raise_if_out_of_vocab(
-          (int(starts_B[row]) + int(col), int(tokens_BxT1[row, col])))
-    return base.next_token_batch(tokens_BxT1)
+          (int(starts_B[row]) + int(col), int(tokens_BxTp1[row, col])))
+    return base.next_token_batch(tokens_BxTp1)
 
   def _raise_if_out_of_vocab(self, found: tuple[int, int] | None) -> None:
     if found is not None:
