@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from lensjax.analysis import entropy
+from lensjax.analysis import entropy, entropy_terms
 from lensjax.config import ModelConfig
-from lensjax.data.targets import MarkovTarget, entropy_nats
+from lensjax.data.targets import MarkovTarget
 from lensjax.data.teacher import TeacherTarget
 from lensjax.errors import InputError
 from lensjax.model import Transformer
+from lensjax.ops.distributions import entropy_nats
 
 
 def init_params(cfg: ModelConfig, seq_len: int, seed: int = 0):
@@ -42,9 +43,9 @@ def test_stationary_markov_entropy_is_the_closed_form(order):
   rate = float(pi_C @ entropy_nats(target.transition))
   first_k = float(entropy_nats(pi_C))  # H(X_1..X_k): the law of the first context is π
   for n in (order, order + 1, 10):
-    assert entropy.markov_joint_entropy(target, n) == pytest.approx(first_k + (n - order) * rate, abs=1e-9)
+    assert target.joint_entropy(n) == pytest.approx(first_k + (n - order) * rate, abs=1e-9)
   if order == 1:  # the reported quantity: the T predicted tokens given x_0
-    assert entropy.markov_entropy_seq(target) == pytest.approx(9 * rate, abs=1e-9)
+    assert target.sequence_entropy() == pytest.approx(9 * rate, abs=1e-9)
 
 
 def test_uniform_start_entropy_matches_its_first_positions():
@@ -57,7 +58,7 @@ def test_uniform_start_entropy_matches_its_first_positions():
     expected += context_C @ rows_C
     context_C = np.bincount(((np.arange(9)[:, None] * 3 + np.arange(3)) % 9).ravel(),
                             weights=(context_C[:, None] * target.transition).ravel(), minlength=9)
-  assert entropy.markov_entropy_seq(target) == pytest.approx(expected, abs=1e-9)
+  assert target.sequence_entropy() == pytest.approx(expected, abs=1e-9)
 
 
 # ------------------------------------------------------------------ models, by enumeration
@@ -175,14 +176,14 @@ def test_kl_of_the_target_against_itself_is_zero():
 def test_training_set_entropy_is_at_most_log_N():
   source = MarkovTarget(4, 1, alpha=1.0, seq_len=6, seed=0, num_sequences=50)
   train_set = source.training_set()
-  conditional = entropy.empirical_entropy_seq(train_set)
+  conditional = entropy_terms.empirical_entropy_seq(train_set)
   _, counts = np.unique(train_set, axis=0, return_counts=True)
   joint = float(entropy_nats(counts / 50))
   assert joint <= math.log(50) + 1e-12
   _, first_counts = np.unique(train_set[:, 0], return_counts=True)
   assert conditional == pytest.approx(joint - float(entropy_nats(first_counts / 50)), abs=1e-12)
   # Far below the target's own entropy: the confound the report warns about.
-  assert conditional < entropy.markov_entropy_seq(source) - 1.0
+  assert conditional < source.sequence_entropy() - 1.0
 
 
 def test_text_data_has_no_sequence_entropy():

@@ -1,4 +1,4 @@
-"""The KV-cache decoding path and the ancestral samplers of `lensjax.analysis.sampling`."""
+"""The KV-cache decoding path and the ancestral samplers of `lensjax.sampling`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lensjax.analysis import sampling
+from lensjax import sampling
 from lensjax.config import ModelConfig
 from lensjax.model import Transformer, init_cache
 

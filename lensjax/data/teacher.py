@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lensjax import sampling
 from lensjax.config import ModelConfig
 from lensjax.data import base
+from lensjax.data.law import TargetLaw
 from lensjax.model import Transformer
 
 STREAM_TEACHER_INIT = 200
@@ -31,19 +33,11 @@ def teacher_config(vocab_size: int, seq_len: int, num_layers: int, d_model: int,
                      vocab_size=vocab_size, max_len=seq_len, init_std=1.0 / math.sqrt(d_model))
 
 
-def sample_teacher(params, key, uniform_first_B, *, model, seq_len: int, temperature):
-  """Ancestral sampling of T+1 tokens; returns tokens [B, T+1] and conditionals [B, T, V]."""
-  B = uniform_first_B.shape[0]
-  tokens_BxT1 = jnp.zeros((B, seq_len + 1), jnp.int32).at[:, 0].set(uniform_first_B)
-
-  def next_token(t, tokens):
-    logits_BxTxV, _ = model.apply({"params": params}, tokens[:, :seq_len])
-    draw = jax.random.categorical(jax.random.fold_in(key, t), logits_BxTxV[:, t] / temperature)
-    return tokens.at[:, t + 1].set(draw)
-
-  tokens_BxT1 = jax.lax.fori_loop(0, seq_len, next_token, tokens_BxT1)
-  logits_BxTxV, _ = model.apply({"params": params}, tokens_BxT1[:, :seq_len])
-  return tokens_BxT1, jax.nn.softmax(logits_BxTxV / temperature, axis=-1)
+@functools.partial(jax.jit, static_argnames=("log_probs", "seq_len"))
+def sample_teacher(params, key, first_B, *, log_probs: sampling.TransformerLogProbs, seq_len: int):
+  """Ancestral samples of T+1 tokens from x_0 = `first_B`: tokens [B, T+1] and their conditionals [B, T, V]."""
+  tokens_BxTp1, _, _ = sampling.sample_without_cache(functools.partial(log_probs, params), key, first_B, seq_len)
+  return tokens_BxTp1, jnp.exp(log_probs(params, tokens_BxTp1[:, :seq_len]))
 
 
 class TeacherTarget:
@@ -56,13 +50,17 @@ class TeacherTarget:
     self.model = Transformer(teacher_config(vocab_size, seq_len, num_layers, d_model, num_heads))
     init_key = jax.random.PRNGKey(int(base.make_rng(seed, STREAM_TEACHER_INIT).integers(2**31)))
     self.params = self.model.init(init_key, jnp.zeros((1, seq_len), jnp.int32))["params"]
-    # Jitted per instance: the model (its config is a mutable dataclass) cannot be a hashed static argument.
-    self._sample = jax.jit(functools.partial(sample_teacher, model=self.model, seq_len=self.seq_len))
+    # The law's conditionals: what the batches are drawn from and what `law` hands the analyses.
+    self.log_probs = sampling.TransformerLogProbs(self.model.cfg, self.temperature)
 
   def token_conditionals(self, inputs_BxT: np.ndarray) -> np.ndarray:
     """The true p(x_{t+1} | x<=t) for arbitrary given inputs [B, T'] with T' <= seq_len."""
-    logits, _ = self.model.apply({"params": self.params}, jnp.asarray(inputs_BxT, jnp.int32))
-    return np.asarray(jax.nn.softmax(logits / self.temperature, axis=-1), np.float32)
+    return np.asarray(jnp.exp(self.log_probs(self.params, jnp.asarray(inputs_BxT, jnp.int32))), np.float32)
+
+  def law(self) -> TargetLaw:
+    """The teacher as a sequence law: a uniform x_0, then its tempered conditionals; no closed-form entropy."""
+    uniform_V = np.full(self.vocab_size, -math.log(self.vocab_size))
+    return TargetLaw("teacher", self.vocab_size, self.seq_len, uniform_V, self.params, self.log_probs, None, None)
 
   def batch(self, step: int, batch_size: int, *, split: str = "train", process_index: int = 0,
             process_count: int = 1) -> dict[str, np.ndarray]:
@@ -70,7 +68,8 @@ class TeacherTarget:
     rng = base.make_rng(self.seed, base.split_stream_id(split), base.check_step(step))
     first_B = rng.integers(0, self.vocab_size, size=batch_size)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    tokens, probs = self._sample(self.params, key, jnp.asarray(first_B, jnp.int32), temperature=self.temperature)
-    batch = base.next_token_batch(np.asarray(tokens)[rows])
-    batch["target_probs"] = np.asarray(probs, np.float32)[rows]
+    tokens_BxTp1, probs_BxTxV = sample_teacher(self.params, key, jnp.asarray(first_B, jnp.int32),
+                                               log_probs=self.log_probs, seq_len=self.seq_len)
+    batch = base.next_token_batch(np.asarray(tokens_BxTp1)[rows])
+    batch["target_probs"] = np.asarray(probs_BxTxV, np.float32)[rows]
     return batch

@@ -1,4 +1,4 @@
-"""Ancestral sampling at temperature 1, with and without a KV cache.
+"""Ancestral sampling of a causal law, with and without a KV cache.
 
 A sequence is x_0..x_T: x_0 is given (drawn by the caller from the first-token
 law), then x_{t+1} ~ q(·|x_0..x_t) for t = 0..T-1. Both samplers return, per
@@ -14,6 +14,8 @@ cached and the full forward pass agree up to float summation order).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -21,11 +23,32 @@ import jax.numpy as jnp
 
 from lensjax.config import ModelConfig
 from lensjax.model import Transformer, init_cache
-
-F32 = jnp.float32
+from lensjax.ops.arrays import F32
+from lensjax.ops.distributions import entropy_of_log_probs
 
 # log_probs_fn(tokens_BxT) -> float32 [B, T, V]: log p(x_{t+1} = v | tokens[:, :t+1]).
 LogProbsFn = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLogProbs:
+  """log softmax(logits / temperature) of a Transformer at every position, in float32.
+
+  A value (hashable by its config), so that it can be a static argument of
+  `jax.jit`: every caller with the same config shares one compilation.
+  Called as `(params, tokens_BxT) -> [B, T, V]`.
+  """
+  cfg: ModelConfig
+  temperature: float = 1.0
+
+  def __call__(self, params, tokens_BxT: jax.Array) -> jax.Array:
+    logits_BxTxV, _ = Transformer(self.cfg).apply({"params": params}, tokens_BxT)
+    return jax.nn.log_softmax(logits_BxTxV.astype(F32) / self.temperature, axis=-1)
+
+
+def model_log_probs_fn(params, cfg: ModelConfig) -> LogProbsFn:
+  """log q(·|x≤t) of a model for every position of a batch, in float32."""
+  return functools.partial(TransformerLogProbs(cfg), params)
 
 
 def draw(key: jax.Array, t, log_probs_BxV: jax.Array) -> jax.Array:
@@ -36,12 +59,6 @@ def draw(key: jax.Array, t, log_probs_BxV: jax.Array) -> jax.Array:
 def draw_first(key: jax.Array, log_initial_V: jax.Array, batch: int) -> jax.Array:
   """x_0 for `batch` rows from the first-token law (step 0 of the key schedule)."""
   return draw(key, 0, jnp.broadcast_to(log_initial_V.astype(F32), (batch, log_initial_V.shape[-1])))
-
-
-def entropy_of_log_probs(log_p_xV: jax.Array) -> jax.Array:
-  """H(p) = −Σ p log p over the last axis, with 0 log 0 = 0 (log p = −inf allowed)."""
-  p = jnp.exp(log_p_xV)
-  return -jnp.sum(jnp.where(p > 0, p * log_p_xV, 0.0), axis=-1)
 
 
 def _record(log_p_BxV, next_B):
@@ -57,17 +74,17 @@ def sample_without_cache(log_probs_fn: LogProbsFn, key: jax.Array, first_B: jax.
   Costs T full forward passes; used for the targets and to check the cached sampler.
   """
   B = first_B.shape[0]
-  tokens_BxT1 = jnp.zeros((B, seq_len + 1), jnp.int32).at[:, 0].set(first_B.astype(jnp.int32))
+  tokens_BxTp1 = jnp.zeros((B, seq_len + 1), jnp.int32).at[:, 0].set(first_B.astype(jnp.int32))
 
-  def step(tokens_BxT1, t):
-    log_p_BxTxV = log_probs_fn(tokens_BxT1[:, :seq_len])
+  def step(tokens_BxTp1, t):
+    log_p_BxTxV = log_probs_fn(tokens_BxTp1[:, :seq_len])
     log_p_BxV = jax.lax.dynamic_index_in_dim(log_p_BxTxV, t, axis=1, keepdims=False).astype(F32)
     next_B = draw(key, t + 1, log_p_BxV)
-    tokens_BxT1 = jax.lax.dynamic_update_index_in_dim(tokens_BxT1, next_B, t + 1, axis=1)
-    return tokens_BxT1, _record(log_p_BxV, next_B)
+    tokens_BxTp1 = jax.lax.dynamic_update_index_in_dim(tokens_BxTp1, next_B, t + 1, axis=1)
+    return tokens_BxTp1, _record(log_p_BxV, next_B)
 
-  tokens_BxT1, (chosen_TxB, entropy_TxB) = jax.lax.scan(step, tokens_BxT1, jnp.arange(seq_len))
-  return tokens_BxT1, chosen_TxB.T, entropy_TxB.T
+  tokens_BxTp1, (chosen_TxB, entropy_TxB) = jax.lax.scan(step, tokens_BxTp1, jnp.arange(seq_len))
+  return tokens_BxTp1, chosen_TxB.T, entropy_TxB.T
 
 
 def sample_with_cache(params, key: jax.Array, first_B: jax.Array, *, cfg: ModelConfig, seq_len: int):
@@ -89,16 +106,5 @@ def sample_with_cache(params, key: jax.Array, first_B: jax.Array, *, cfg: ModelC
 
   carry = (init_cache(cfg, B, seq_len), first_B.astype(jnp.int32))
   _, (next_TxB, chosen_TxB, entropy_TxB) = jax.lax.scan(step, carry, jnp.arange(seq_len))
-  tokens_BxT1 = jnp.concatenate([first_B[:, None].astype(jnp.int32), next_TxB.T], axis=1)
-  return tokens_BxT1, chosen_TxB.T, entropy_TxB.T
-
-
-def model_log_probs_fn(params, cfg: ModelConfig) -> LogProbsFn:
-  """log q(·|x≤t) of a model for every position of a batch, in float32."""
-  model = Transformer(cfg)
-
-  def log_probs(tokens_BxT):
-    logits_BxTxV, _ = model.apply({"params": params}, tokens_BxT)
-    return jax.nn.log_softmax(logits_BxTxV.astype(F32), axis=-1)
-
-  return log_probs
+  tokens_BxTp1 = jnp.concatenate([first_B[:, None].astype(jnp.int32), next_TxB.T], axis=1)
+  return tokens_BxTp1, chosen_TxB.T, entropy_TxB.T
