@@ -181,6 +181,17 @@ def test_markov_rejects_bad_arguments():
     source.training_set()
 
 
+def test_a_stationary_start_too_large_to_solve_stops_the_run_when_its_source_is_built():
+  """The dense stationary solve has a limit; the run's source (built before anything compiles) names the keys."""
+  from conftest import make_tiny_config
+  from lensjax.data.factory import make_source
+  config = make_tiny_config(**{"data.vocab_size": 17, "data.markov_order": 3, "data.markov_initial": "stationary"})
+  with pytest.raises(InputError, match=r"data.markov_initial=stationary .* 4,913 contexts, more than 4,096; "
+                                       r"use data.markov_initial=uniform"):
+    make_source(config)
+  assert make_source(make_tiny_config(**{"data.markov_initial": "stationary"})).initial == "stationary"
+
+
 # -------------------------------------------------------------------- text
 
 
