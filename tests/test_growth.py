@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from lensjax import cli
 from lensjax.analysis import growth
+from lensjax.report.figures_growth import growth_figure
 
 STEPS = np.arange(0, 3001, 20, dtype=np.float64)
 # law: (true parameters, series); the exponential's own offset c included.
@@ -74,9 +76,9 @@ def test_growth_report_and_figure(tmp_path):
     np.testing.assert_allclose(report[f"norm/params/layer_{l}"]["fits"]["sqrt"]["a"], l + 1, rtol=1e-6)
   assert report["norm/params"]["points"] == len(STEPS)  # eval records carry no norm and are skipped
   json.dumps(report)  # the report is what `--json` prints
-  path = growth.growth_figure(records, str(tmp_path / "growth.png"), title="synthetic")
+  path = growth_figure(records, str(tmp_path / "growth.png"), title="synthetic")
   assert path and os.path.getsize(path) > 10_000
-  assert growth.growth_figure([{"step": 0, "train/loss": 1.0}], str(tmp_path / "none.png")) is None
+  assert growth_figure([{"step": 0, "train/loss": 1.0}], str(tmp_path / "none.png")) is None
 
 
 def test_too_few_points_and_main(tmp_path, capsys):
@@ -86,6 +88,6 @@ def test_too_few_points_and_main(tmp_path, capsys):
   with open(workdir / "metrics.jsonl", "w") as f:
     for record in records_from({"norm/params": LAWS["sqrt"][1]}):
       f.write(json.dumps(record) + "\n")
-  assert growth.main([str(workdir), "--json", "--figure", str(tmp_path / "g.png")]) == 0
+  assert cli.main(["growth", "--workdir", str(workdir), "--json", "--figure", str(tmp_path / "g.png")]) == 0
   assert json.loads(capsys.readouterr().out)["norm/params"]["best"] == "sqrt"
-  assert growth.main([str(tmp_path / "missing")]) == 2
+  assert cli.main(["growth", "--workdir", str(tmp_path / "missing")]) == 2
