@@ -13,7 +13,9 @@ from matplotlib import image as mpl_image
 
 from conftest import run_cli
 from lensjax.errors import InputError
-from lensjax.report import build, figures, page
+from lensjax.analysis import records as records_lib
+from lensjax.analysis.growth import growth_exponent
+from lensjax.report import build, figures_events, figures_layers, page
 from lensjax.report import runs as runs_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -178,7 +180,7 @@ def test_page_table_holds_the_last_n_averages(report):
 
 
 def test_summary_numbers_match_a_hand_computation(report):
-  run = runs_lib.load_run(report["rich"])
+  run = runs_lib.read_run(report["rich"])
   summary = page.summarize_run(run, LAST_N)
   np.testing.assert_allclose(summary.per_layer["ffn/active_token"], [0.48, 0.38, 0.28])
   np.testing.assert_allclose(summary.per_layer["ffn/dead"], [0.008, 0.018, 0.028])
@@ -198,7 +200,7 @@ def test_summary_numbers_match_a_hand_computation(report):
 
 def test_series_sorts_steps_and_keeps_the_later_duplicate():
   records = [{"step": 20, "a": 2.0}, {"step": 10, "a": 1.0}, {"step": 20, "a": 5.0}, {"step": 30, "b": 1.0}]
-  steps, values = runs_lib.series(records, "a")
+  steps, values = records_lib.series(records, "a")
   assert steps.tolist() == [10, 20] and values.tolist() == [1.0, 5.0]
 
 
@@ -208,7 +210,7 @@ def test_layer_family_is_nan_where_a_layer_is_missing():
   steps, values = runs_lib.layer_family(records, "f")
   assert steps.tolist() == [0, 5]
   np.testing.assert_array_equal(values, [[1.0, 3.0], [2.0, np.nan]])
-  assert runs_lib.family_layers(runs_lib.metric_names(records), "f") == 2
+  assert records_lib.family_layers(records_lib.metric_names(records), "f") == 2
 
 
 def test_last_n_mean_skips_non_finite_values():
@@ -220,21 +222,21 @@ def test_last_n_mean_skips_non_finite_values():
 
 def test_growth_exponent_recovers_a_power_law():
   steps = np.arange(0, 1000, 10)
-  assert runs_lib.growth_exponent(steps, 3.0 * np.sqrt(steps + 0.0)) == pytest.approx(0.5, abs=1e-6)
-  assert math.isnan(runs_lib.growth_exponent(steps[:2], np.ones(2)))
+  assert growth_exponent(steps, 3.0 * np.sqrt(steps + 0.0)) == pytest.approx(0.5, abs=1e-6)
+  assert math.isnan(growth_exponent(steps[:2], np.ones(2)))
 
 
 def test_event_counts_bin_onto_the_next_logging_step():
   events = [{"step": 3, "layer": 0, "event": "died"}, {"step": 10, "layer": 1, "event": "died"},
             {"step": 11, "layer": 1, "event": "revived"}, {"step": 99, "layer": 0, "event": "died"}]
-  counts = figures.event_counts(events, "died", np.array([0, 10, 20]), num_layers=2)
+  counts = figures_events.event_counts(events, "died", np.array([0, 10, 20]), num_layers=2)
   np.testing.assert_array_equal(counts, [[0, 1, 1], [0, 1, 0]])
 
 
 def test_deep_model_curves_use_a_colour_bar_and_survive_nan(tmp_path):
   values = np.linspace(0, 1, 12 * 5).reshape(12, 5)
   values[3, 2], values[4, 1] = np.nan, np.inf
-  path = figures.layer_curves([figures.LayerPanel("training batch", np.arange(5) * 10, values)], "deep", "fraction",
+  path = figures_layers.layer_curves([figures_layers.LayerPanel("training batch", np.arange(5) * 10, values)], "deep", "fraction",
                               str(tmp_path / "deep.png"))
   with open(path, "rb") as f:
     assert f.read(8) == PNG_MAGIC
@@ -247,19 +249,19 @@ def test_deep_model_curves_use_a_colour_bar_and_survive_nan(tmp_path):
 def test_missing_directory_is_an_input_error_naming_it(tmp_path):
   missing = str(tmp_path / "no_such_run")
   with pytest.raises(InputError, match=re.escape(missing)):
-    runs_lib.load_run(missing)
+    runs_lib.read_run(missing)
 
 
 def test_directory_without_metrics_is_an_input_error_naming_it(tmp_path):
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(InputError, match=re.escape(str(tmp_path)) + ".*metrics.jsonl"):
-    runs_lib.load_run(str(tmp_path))
+    runs_lib.read_run(str(tmp_path))
 
 
 def test_empty_metrics_file_is_an_input_error(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 0, "train/lo')  # only a partial line
   with pytest.raises(InputError, match="no complete record"):
-    runs_lib.load_run(str(tmp_path))
+    runs_lib.read_run(str(tmp_path))
 
 
 def test_nothing_is_written_when_one_run_is_bad(tmp_path):

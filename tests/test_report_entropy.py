@@ -12,7 +12,7 @@ import pytest
 from matplotlib import image as mpl_image
 
 from lensjax.errors import InputError
-from lensjax.report import build, figures, page, sizes
+from lensjax.report import build, figures_size, page, plotting, size_section, sizes
 from lensjax.report import runs as runs_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,7 +73,7 @@ def sweep_report(tmp_path_factory):
   index = build.build_report(dirs, out, last_n=LAST_N)
   with open(index) as f:
     markdown = f.read()
-  runs = [runs_lib.load_run(d) for d in dirs]
+  runs = [runs_lib.read_run(d) for d in dirs]
   return {"dirs": dirs, "out": out, "markdown": markdown, "runs": runs}
 
 
@@ -103,7 +103,7 @@ def test_seed_groups_ignore_seed_and_logging_only(sweep_report):
   assert sizes.group_label(["L2_D64_s0", "L2_D64_s1"]) == "L2_D64"
   assert sizes.group_label(["a-seed3"]) == "a"
   assert sizes.group_label(["x", "y"]) == "x"
-  no_config = runs_lib.Run(name="n", path="/p/n", config={}, records=[{"step": 0}], events=[])
+  no_config = runs_lib.RunRecord(name="n", path="/p/n", config={}, records=[{"step": 0}], events=[])
   assert sizes.seed_key(no_config) == "path:/p/n"
 
 
@@ -192,14 +192,14 @@ def test_bad_entropy_file_is_an_input_error_naming_it(tmp_path, content):
   with open(os.path.join(run, "entropy.json"), "w") as f:
     f.write(content)
   with pytest.raises(InputError, match=re.escape(os.path.join(run, "entropy.json"))):
-    runs_lib.load_run(run)
+    runs_lib.read_run(run)
 
 
 def test_integer_ticks_keep_the_ends_without_crowding_the_last():
-  assert figures._integer_ticks(51, most=8) == [0, 7, 14, 21, 28, 35, 42, 50]  # 49 would print over 50
-  assert figures._integer_ticks(10, most=4) == [0, 3, 6, 9]
-  assert figures._integer_ticks(11, most=4) == [0, 3, 6, 10]
-  assert figures._integer_ticks(1) == [0] and figures._integer_ticks(2) == [0, 1]
+  assert plotting.integer_ticks(51, most=8) == [0, 7, 14, 21, 28, 35, 42, 50]  # 49 would print over 50
+  assert plotting.integer_ticks(10, most=4) == [0, 3, 6, 9]
+  assert plotting.integer_ticks(11, most=4) == [0, 3, 6, 10]
+  assert plotting.integer_ticks(1) == [0] and plotting.integer_ticks(2) == [0, 1]
 
 
 def test_whole_sequence_entropy_over_training_is_drawn_when_logged(tmp_path):
@@ -217,19 +217,19 @@ def test_whole_sequence_entropy_over_training_is_drawn_when_logged(tmp_path):
 
 
 def test_parameter_axis_labels_and_ticks():
-  assert [figures.parameter_label(v) for v in (800, 20_000, 1_500_000, 2e9)] == ["800", "20k", "1.5M", "2B"]
-  assert figures.parameter_ticks(20_000, 1_000_000) == [20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000]
-  assert figures.parameter_ticks(30_000, 40_000) == []  # no 1-2-5 value inside: the axis falls back to the data
+  assert [figures_size.parameter_label(v) for v in (800, 20_000, 1_500_000, 2e9)] == ["800", "20k", "1.5M", "2B"]
+  assert figures_size.parameter_ticks(20_000, 1_000_000) == [20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000]
+  assert figures_size.parameter_ticks(30_000, 40_000) == []  # no 1-2-5 value inside: the axis falls back to the data
 
 
 def test_log_colours_only_when_values_span_decades():
-  assert figures.log_color_norm(np.array([[0.5, 1.0], [0.6, 0.9]])) is None
-  norm = figures.log_color_norm(np.array([[50.0, 40.0], [0.03, 0.0]]))  # zero and NaN are left out
+  assert plotting.log_color_norm(np.array([[0.5, 1.0], [0.6, 0.9]])) is None
+  norm = plotting.log_color_norm(np.array([[50.0, 40.0], [0.03, 0.0]]))  # zero and NaN are left out
   assert norm is not None and (norm.vmin, norm.vmax) == (0.03, 50.0)
-  assert figures.log_color_norm(np.zeros((2, 2))) is None
+  assert plotting.log_color_norm(np.zeros((2, 2))) is None
 
 
 def test_gap_axis_turns_symmetric_log_only_for_an_outlier():
-  assert build.symlog_threshold([0.01, -0.02, 0.03]) is None
-  assert build.symlog_threshold([0.01, -0.02, 0.03, 1.6]) == pytest.approx(2 * 0.025)
-  assert build.symlog_threshold([0.0, 5.0]) is None  # too few models to call one an outlier
+  assert size_section.symlog_threshold([0.01, -0.02, 0.03]) is None
+  assert size_section.symlog_threshold([0.01, -0.02, 0.03, 1.6]) == pytest.approx(2 * 0.025)
+  assert size_section.symlog_threshold([0.0, 5.0]) is None  # too few models to call one an outlier

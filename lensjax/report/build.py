@@ -17,13 +17,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lensjax.analysis.records import family_layers, series
 from lensjax.errors import InputError
-from lensjax.report import figures
+from lensjax.report import figures_events, figures_growth, figures_layers, figures_scalars, figures_size
 from lensjax.report import page
 from lensjax.report import runs as runs_lib
 from lensjax.report import sizes
-from lensjax.report.page import FigureEntry, Section
-from lensjax.report.runs import Run
+from lensjax.report.page import FigureEntry, Section, figure_entry
+from lensjax.report.plotting import Series, log_color_norm
+from lensjax.report.runs import RunRecord
+from lensjax.report.size_section import size_figures
 
 DEFAULT_LAST_N = 5
 # Where a per-layer statistic was measured: (metric prefix, panel title).
@@ -96,7 +99,7 @@ def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LA
     raise InputError(f"--last must be at least 1, got {last_n}; pass e.g. --last {DEFAULT_LAST_N}.")
   if not run_dirs:
     raise InputError("no run directory given; pass one or more --workdir directories of `lensjax train`.")
-  runs = [runs_lib.load_run(path) for path in run_dirs]  # all read before anything is written
+  runs = [runs_lib.read_run(path) for path in run_dirs]  # all read before anything is written
   _make_output_dir(out_dir)
   prefixes = unique_prefixes([run.name for run in runs])
   # Seed replicas (configs equal but for train.seed) get one set of per-run figures, the first given's: the
@@ -144,7 +147,7 @@ def unique_prefixes(names: Sequence[str]) -> list[str]:
 # One run.
 
 
-def run_figures(run: Run, out_dir: str, prefix: str, last_n: int) -> list[Section]:
+def run_figures(run: RunRecord, out_dir: str, prefix: str, last_n: int) -> list[Section]:
   """Every figure a run's metrics allow, grouped into the page's sections."""
   output = lambda what: os.path.join(out_dir, f"{prefix}_{what}.png")
   sections = [
@@ -159,89 +162,86 @@ def run_figures(run: Run, out_dir: str, prefix: str, last_n: int) -> list[Sectio
   return [section for section in sections if section.figures]
 
 
-def _entry(path: str, title: str, caption: str) -> FigureEntry:
-  return FigureEntry(file=os.path.basename(path), title=title, caption=caption)
+def _optional_series(run: RunRecord, name: str) -> Series | None:
+  return series(run.records, name) if runs_lib.has_metric(run, name) else None
 
 
-def _optional_series(run: Run, name: str) -> figures.Series | None:
-  return runs_lib.series(run.records, name) if runs_lib.has_metric(run, name) else None
-
-
-def _loss_figures(run: Run, output) -> list[FigureEntry]:
+def _loss_figures(run: RunRecord, output) -> list[FigureEntry]:
   entries = []
   train, evaluation = _optional_series(run, "train/loss"), _optional_series(run, "eval/loss")
   if train is not None or evaluation is not None:
     target = (runs_lib.last_n_mean(run.records, "entropy/target_token", 10 ** 9)
               if runs_lib.has_metric(run, "entropy/target_token") else None)
-    path = figures.loss_figure(train, evaluation, output("loss"), target_entropy=target)
-    entries.append(_entry(path, "loss", "Train and held-out loss; the dashed line, when shown, is the target's "
-                                        "entropy, the lowest loss any model can reach."))
+    path = figures_scalars.loss_figure(train, evaluation, output("loss"), target_entropy=target)
+    entries.append(figure_entry(path, "loss", "Train and held-out loss; the dashed line, when shown, is the target's "
+                                              "entropy, the lowest loss any model can reach."))
   model, target = _optional_series(run, "entropy/model_token"), _optional_series(run, "entropy/target_token")
   if model is not None or target is not None:
     kl = _optional_series(run, "entropy/kl_token")
-    path = figures.entropy_figure(model, target, kl, output("entropy"))
-    entries.append(_entry(path, "entropy", "Model entropy falling below the target's means the model is more "
-                                           "certain than the data warrant (Ren & Liu 2025); KL is the gap in fit."))
+    path = figures_scalars.entropy_figure(model, target, kl, output("entropy"))
+    entries.append(figure_entry(path, "entropy", "Model entropy falling below the target's means the model is "
+                                                 "more certain than the data warrant (Ren & Liu 2025); KL is the gap "
+                                                 "in fit."))
   model, target = _optional_series(run, "eval/entropy_model_seq"), _optional_series(run, "eval/entropy_target_seq")
   if model is not None and target is not None:  # logging.entropy_every
-    path = figures.sequence_entropy_figure(model, target, _optional_series(run, "eval/kl_seq"),
-                                           output("sequence_entropy"))
-    entries.append(_entry(path, "whole-sequence entropy", "Whole-sequence H(Q) against H(P) during training "
-                                                          "(logging.entropy_every): when the model's entropy "
-                                                          "crosses below the target's, and how the gap compares "
-                                                          "with the misfit KL(P ‖ Q)."))
+    path = figures_scalars.sequence_entropy_figure(model, target, _optional_series(run, "eval/kl_seq"),
+                                                   output("sequence_entropy"))
+    entries.append(figure_entry(path, "whole-sequence entropy", "Whole-sequence H(Q) against H(P) during training "
+                                                                "(logging.entropy_every): when the model's entropy "
+                                                                "crosses below the target's, and how the gap compares "
+                                                                "with the misfit KL(P ‖ Q)."))
   return entries
 
 
-def _family_figures(run: Run, view: FamilyView, output) -> list[FigureEntry]:
+def _family_figures(run: RunRecord, view: FamilyView, output) -> list[FigureEntry]:
   panels = []
   for prefix, label in VARIANTS:
     if runs_lib.has_family(run, prefix + view.family):
       steps, values = runs_lib.layer_family(run.records, prefix + view.family,
-                                            runs_lib.family_layers(run.names, prefix + view.family))
-      panels.append(figures.LayerPanel(label, steps, values))
+                                            family_layers(run.names, prefix + view.family))
+      panels.append(figures_layers.LayerPanel(label, steps, values))
   if not panels:
     return []
   name = slug(view.family.replace("/", "_"))
-  path = figures.layer_curves(panels, view.title, view.ylabel, output(name), log_y=view.log_y,
-                              floor_zero=view.unit_interval)
+  path = figures_layers.layer_curves(panels, view.title, view.ylabel, output(name), log_y=view.log_y,
+                                     floor_zero=view.unit_interval)
   panels_named = f" Panels: {', '.join(p.label for p in panels)}." if len(panels) > 1 else ""
-  entries = [_entry(path, view.family, f"{view.caption} One line per layer.{panels_named}")]
+  entries = [figure_entry(path, view.family, f"{view.caption} One line per layer.{panels_named}")]
   if view.heatmap and panels[0].label == VARIANTS[0][1]:
     steps, values = panels[0].steps, panels[0].values
     top = 1.0 if view.unit_interval else None
-    path = figures.layer_heatmap(steps, values, f"{view.title}, layer × step", view.short or view.ylabel,
-                                 output(name + "_heatmap"), vmin=0.0, vmax=top, log_color=view.log_color)
-    entries.append(_entry(path, view.family + " heat map",
+    path = figures_layers.layer_heatmap(steps, values, f"{view.title}, layer × step", view.short or view.ylabel,
+                                        output(name + "_heatmap"), vmin=0.0, vmax=top, log_color=view.log_color)
+    entries.append(figure_entry(path, view.family + " heat map",
                           "The same on the training batch as a heat map: bands show layers that differ, "
                           "vertical edges show sudden changes."))
   return entries
 
 
-def _neuron_event_figures(run: Run, output) -> list[FigureEntry]:
+def _neuron_event_figures(run: RunRecord, output) -> list[FigureEntry]:
   if not run.events:
     return []
   name = "train/loss" if runs_lib.has_metric(run, "train/loss") else None
-  steps = runs_lib.series(run.records, name)[0] if name else np.unique([r["step"] for r in run.records])
+  steps = series(run.records, name)[0] if name else np.unique([r["step"] for r in run.records])
   num_layers = max(run.num_layers, 1 + max(int(e.get("layer", 0)) for e in run.events))
-  path = figures.neuron_events_figure(run.events, steps, num_layers, output("neuron_events"))
-  return [_entry(path, "neuron events", "Units that died or revived per layer between logging steps; below, how "
-                                        "often they fired and Adam's v̂ at that moment — bursts of deaths with "
-                                        "tiny v̂ point to optimiser-driven dying.")]
+  path = figures_events.neuron_events_figure(run.events, steps, num_layers, output("neuron_events"))
+  return [figure_entry(path, "neuron events", "Units that died or revived per layer between logging steps; below, "
+                                              "how often they fired and Adam's v̂ at that moment — bursts of deaths "
+                                              "with tiny v̂ point to optimiser-driven dying.")]
 
 
-def _attention_scalar_figures(run: Run, output) -> list[FigureEntry]:
+def _attention_scalar_figures(run: RunRecord, output) -> list[FigureEntry]:
   # Some runs log these as one scalar per step rather than per layer.
   entries = []
   for name, ylabel in ATTENTION_SCALARS:
     if runs_lib.has_metric(run, name) and not runs_lib.has_family(run, name):
-      path = figures.scalar_curves({name: runs_lib.series(run.records, name)}, name, ylabel,
-                                   output(slug(name.replace("/", "_"))))
-      entries.append(_entry(path, name, f"{ylabel.capitalize()} over training, over all layers."))
+      path = figures_scalars.scalar_curves({name: series(run.records, name)}, name, ylabel,
+                                           output(slug(name.replace("/", "_"))))
+      entries.append(figure_entry(path, name, f"{ylabel.capitalize()} over training, over all layers."))
   return entries
 
 
-def _head_entropy_figures(run: Run, output, last_n: int) -> list[FigureEntry]:
+def _head_entropy_figures(run: RunRecord, output, last_n: int) -> list[FigureEntry]:
   entries = []
   for prefix, label in VARIANTS:
     family = prefix + "attn/entropy"
@@ -249,29 +249,28 @@ def _head_entropy_figures(run: Run, output, last_n: int) -> list[FigureEntry]:
       continue
     matrix = runs_lib.last_n_head_means(run.records, family, last_n)
     if matrix.size:
-      path = figures.head_heatmap(matrix, f"Attention entropy per head, {label}, last {last_n} logged steps",
-                                  "entropy / log(visible keys)", output(slug(family.replace("/", "_")) + "_heads"))
-      entries.append(_entry(path, family, "Normalised attention entropy per head: near 0 = the head attends to "
-                                          "one key (argmax head), near 1 = it averages over all it sees."))
+      path = figures_layers.head_heatmap(matrix, f"Attention entropy per head, {label}, last {last_n} logged steps",
+                                         "entropy / log(visible keys)",
+                                         output(slug(family.replace("/", "_")) + "_heads"))
+      entries.append(figure_entry(path, family, "Normalised attention entropy per head: near 0 = the head attends to "
+                                                "one key (argmax head), near 1 = it averages over all it sees."))
   return entries
 
 
-def _norm_figures(run: Run, output) -> list[FigureEntry]:
-  if not runs_lib.has_metric(run, "norm/params"):
+def _norm_figures(run: RunRecord, output) -> list[FigureEntry]:
+  path = figures_growth.growth_figure(run.records, output("norm_growth"))
+  if path is None:
     return []
-  norm = runs_lib.series(run.records, "norm/params")
-  cos_step, alignment = _optional_series(run, "norm/cos_step"), _optional_series(run, "norm/alignment")
-  path = figures.norm_growth_figure(norm, cos_step, alignment, output("norm_growth"),
-                                    exponent=runs_lib.growth_exponent(*norm))
-  entries = [_entry(path, "norm growth",
-                    "Parameter norm on log-log axes: parallel to the dashed guide means ‖θ‖ ∝ √t (Merrill et al. "
-                    "2021); beside it, how far each step turns θ and whether updates push along θ (> 0) "
-                    "or against it.")]
+  entries = [figure_entry(path, "norm growth",
+                          "Parameter norm with the laws fitted to it (√t, linear, t^¼, exponential; best by BIC) and the "
+                          "growth exponent p of a·t^p + b: √t growth (Merrill et al. 2021) gives p = 0.5. Beside it each "
+                          "block's norm, how far each step turns θ and whether updates push along θ (> 0) or against it.")]
   if runs_lib.has_metric(run, "adam/update_grad_cos"):
-    path = figures.scalar_curves({"cos(update, −gradient)": runs_lib.series(run.records, "adam/update_grad_cos")},
-                                 "Adam update against the gradient", "cosine", output("adam_update_grad_cos"))
-    entries.append(_entry(path, "adam/update_grad_cos", "Near 1: Adam steps along the negative gradient; low values "
-                                                        "mean the preconditioner rotates the step away from it."))
+    path = figures_scalars.scalar_curves({"cos(update, −gradient)": series(run.records, "adam/update_grad_cos")},
+                                         "Adam update against the gradient", "cosine", output("adam_update_grad_cos"))
+    entries.append(figure_entry(path, "adam/update_grad_cos", "Near 1: Adam steps along the negative gradient; low "
+                                                              "values mean the preconditioner rotates the step away "
+                                                              "from it."))
   return entries
 
 
@@ -279,127 +278,28 @@ def _norm_figures(run: Run, output) -> list[FigureEntry]:
 # Several runs.
 
 
-def comparison_figures(runs: Sequence[Run], prefixes: Sequence[str], out_dir: str, last_n: int) -> Section:
+def comparison_figures(runs: Sequence[RunRecord], prefixes: Sequence[str], out_dir: str, last_n: int) -> Section:
   """Losses over training and last-N per-layer statistics, one line per run, in the order given."""
   output = lambda what: os.path.join(out_dir, f"compare_{what}.png")
   entries = []
   for name, title in (("train/loss", "Train loss"), ("eval/loss", "Held-out loss")):
-    curves = {prefix: runs_lib.series(run.records, name)
+    curves = {prefix: series(run.records, name)
               for run, prefix in zip(runs, prefixes) if runs_lib.has_metric(run, name)}
     if len(curves) > 1:
-      path = figures.scalar_curves(curves, f"{title} by run", "cross-entropy (nats per token)",
-                                   output(slug(name.replace("/", "_"))), legend_title="run", ordered=True)
-      entries.append(_entry(path, name, f"{title} of every run on one axis."))
+      path = figures_scalars.scalar_curves(curves, f"{title} by run", "cross-entropy (nats per token)",
+                                           output(slug(name.replace("/", "_"))), legend_title="run", ordered=True)
+      entries.append(figure_entry(path, name, f"{title} of every run on one axis."))
   for view in FFN_VIEWS + ATTENTION_VIEWS + OPTIMISER_VIEWS:
     per_run = {prefix: runs_lib.last_n_layer_means(run.records, view.family, last_n,
-                                                   runs_lib.family_layers(run.names, view.family))
+                                                   family_layers(run.names, view.family))
                for run, prefix in zip(runs, prefixes) if runs_lib.has_family(run, view.family)}
     if view.compare and len(per_run) > 1:
-      spans_decades = view.log_color and figures.log_color_norm(np.concatenate(list(per_run.values()))) is not None
-      path = figures.runs_by_layer(per_run, f"{view.title}: mean of the last {last_n} logged steps",
-                                   view.ylabel + (" (log)" if spans_decades else ""),
-                                   output(slug(view.family.replace("/", "_"))), log_y=view.log_y or spans_decades)
-      entries.append(_entry(path, view.family, f"{view.title} per layer for each run: across a model-size ladder, "
-                                               "look for the trend with size and for where in depth it happens."))
+      spans_decades = view.log_color and log_color_norm(np.concatenate(list(per_run.values()))) is not None
+      path = figures_layers.runs_by_layer(per_run, f"{view.title}: mean of the last {last_n} logged steps",
+                                          view.ylabel + (" (log)" if spans_decades else ""),
+                                          output(slug(view.family.replace("/", "_"))),
+                                          log_y=view.log_y or spans_decades)
+      entries.append(figure_entry(path, view.family, f"{view.title} per layer for each run: across a model-size "
+                                                     "ladder, look for the trend with size and for where in depth it "
+                                                     "happens."))
   return Section("Side by side", entries)
-
-
-# --------------------------------------------------------------------------
-# Against model size.
-
-# How a model's block is drawn: (marker, line between the points of that block, legend suffix).
-BLOCK_STYLES = {"attention+ffn": ("o", "-", ""), "attention_only": ("s", "none", ", no FFN"),
-                "ffn_only": ("^", "none", ", no attention")}
-REDUCTION_STYLES = {"mean": "tab:blue", "first": "tab:green", "last": "tab:red"}
-
-
-def _by_block(points: Sequence[sizes.SizePoint]) -> list[tuple[str, list[sizes.SizePoint]]]:
-  blocks = sorted({p.block for p in points}, key=lambda b: list(BLOCK_STYLES).index(b) if b in BLOCK_STYLES else 9)
-  return [(block, [p for p in points if p.block == block]) for block in blocks]
-
-
-def _series(points: Sequence[sizes.SizePoint], value, label: str, color: str, named: bool = True,
-            linestyle: str | None = None, by_block: bool = True,
-            block_legend: bool = True) -> list[figures.SizeSeries]:
-  """One series per model block (each its own marker; only full blocks form a connected ladder).
-
-  `by_block=False` draws one series over all points (a property of the target, not of the model);
-  `block_legend=False` keeps the other blocks' series out of the legend (their markers say it).
-  """
-  groups = _by_block(points) if by_block else [("attention+ffn", list(points))]
-  out = []
-  for block, members in groups:
-    marker, line, suffix = BLOCK_STYLES.get(block, ("D", "none", f", {block}"))
-    estimates = [value(p) for p in members]
-    legend = label + suffix if not suffix or block_legend else "_" + label + suffix  # "_": not in the legend
-    out.append(figures.SizeSeries(
-        legend, np.array([p.num_params for p in members], np.float64),
-        np.array([e.mean for e in estimates]), np.array([e.err for e in estimates]), color=color, marker=marker,
-        linestyle=linestyle if linestyle is not None and line != "none" else line,
-        labels=tuple(p.label for p in members) if named else None))
-  return out
-
-
-# A model whose gap is this many times the typical one (an ablation that cannot fit) would flatten the rest.
-SYMLOG_RATIO = 10.0
-
-
-def symlog_threshold(values: Sequence[float]) -> float | None:
-  """None (a linear axis) unless the largest |value| exceeds SYMLOG_RATIO times the median; then 2 × the median."""
-  magnitudes = np.abs(np.asarray(values, np.float64))
-  magnitudes = magnitudes[np.isfinite(magnitudes)]
-  if magnitudes.size < 3:
-    return None
-  typical = float(np.median(magnitudes))
-  if typical <= 0 or magnitudes.max() <= SYMLOG_RATIO * typical:
-    return None
-  return 2 * typical
-
-
-def size_figures(points: Sequence[sizes.SizePoint], out_dir: str, last_n: int) -> Section:
-  """H(Q) against H(P), gap and KL, FFN activity and attention bypass, each against the parameter count."""
-  output = lambda what: os.path.join(out_dir, f"size_{what}.png")
-  seq_len = points[0].seq_len
-  seeds = max(len(p.runs) for p in points)
-  bars = ("error bars: ± one standard error over seed replicas (and of the estimate itself when it is Monte "
-          "Carlo; exact enumeration has none)" if seeds > 1 else
-          "one run per model, so the error bars show only the estimate's own standard error (none when exact)")
-  entries = []
-  path = figures.against_size([figures.SizePanel(
-      "model H(Q) and target H(P)", f"entropy of the {seq_len} predicted tokens given x_0 (nats)",
-      _series(points, lambda p: p.model_entropy, "model H(Q)", "tab:blue")
-      + _series(points, lambda p: p.target_entropy, "target H(P)", "tab:gray", named=False, linestyle="--",
-                by_block=False))],
-      "Whole-sequence entropy against model size", output("entropy"))
-  entries.append(_entry(path, "H(Q) and H(P) against size",
-                        f"Exact whole-sequence entropy of each model's law Q and of the target P at the end of "
-                        f"training: Q below P means the model learned a lower-entropy law than the data's (Ren & "
-                        f"Liu 2025). {bars.capitalize()}."))
-  threshold = symlog_threshold([p.gap.mean for p in points])
-  path = figures.against_size([
-      figures.SizePanel("entropy gap H(Q) − H(P)", "H(Q) − H(P) (nats per sequence"
-                        + (", symmetric log)" if threshold else ")"),
-                        _series(points, lambda p: p.gap, "H(Q) − H(P)", "tab:blue"), zero_line=True,
-                        symlog_threshold=threshold),
-      figures.SizePanel("KL(P ‖ Q)", "KL(P ‖ Q) (nats per sequence, log)",
-                        _series(points, lambda p: p.kl, "KL(P ‖ Q)", "tab:purple"), log_y=True)],
-      "Entropy gap and fit against model size", output("gap_kl"))
-  entries.append(_entry(path, "entropy gap and KL against size",
-                        "Left: below zero, the model is more certain than the target. Right: how far Q is from P "
-                        "at all; a gap much smaller than the KL is within the misfit. " + bars.capitalize() + "."))
-  panels = []
-  for family, title, log_y in sizes.SIZE_FAMILIES:
-    series = [s for key, label in sizes.LAYER_REDUCTIONS
-              for s in _series(points, lambda p, f=family, k=key: p.layers[f][k], label, REDUCTION_STYLES[key],
-                               named=key == "mean", linestyle="-" if key == "mean" else ":",
-                               block_legend=key == "mean")]
-    if any(np.isfinite(s.y).any() for s in series):
-      panels.append(figures.SizePanel(title, f"{family}, mean of the last {last_n} logged steps"
-                                      + (" (log)" if log_y else ""), series, log_y=log_y))
-  if panels:
-    path = figures.against_size(panels, "Dynamic sparsity against model size", output("sparsity"))
-    entries.append(_entry(path, "FFN activity and attention bypass against size",
-                          f"Per model, the last-{last_n} average of each layer, reduced to the mean over layers, "
-                          "the first and the last layer: Ren & Liu 2025 report fewer active FFN units and more "
-                          "attention bypass in larger models. " + bars.capitalize() + "."))
-  return Section("Against model size", entries)

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lensjax.analysis.growth import growth_exponent
+from lensjax.analysis.records import series
 from lensjax.report import runs as runs_lib
-from lensjax.report.runs import Run
+from lensjax.report.runs import RunRecord
 from lensjax.report.sizes import Estimate, SizePoint
 
 INDEX_FILE = "index.md"
@@ -37,6 +39,11 @@ class FigureEntry:
   file: str
   title: str
   caption: str
+
+
+def figure_entry(path: str, title: str, caption: str) -> FigureEntry:
+  """The page's entry of the figure at `path`, linked by its bare file name."""
+  return FigureEntry(file=os.path.basename(path), title=title, caption=caption)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +109,7 @@ def config_settings(config: dict, records: list[dict]) -> dict[str, str]:
   }
 
 
-def summarize_run(run: Run, last_n: int) -> RunSummary:
+def summarize_run(run: RunRecord, last_n: int) -> RunSummary:
   """Everything the page writes about `run`, averages taken over its last `last_n` logged steps."""
   per_layer = {family: runs_lib.last_n_layer_means(run.records, family, last_n, run.num_layers)
                for family, _ in TABLE_FAMILIES if runs_lib.has_family(run, family)}
@@ -110,7 +117,7 @@ def summarize_run(run: Run, last_n: int) -> RunSummary:
                     per_layer=per_layer, facts=run_facts(run, last_n))
 
 
-def run_facts(run: Run, last_n: int) -> list[str]:
+def run_facts(run: RunRecord, last_n: int) -> list[str]:
   """One-line observations about the run, each only when its metrics were logged."""
   records, facts = run.records, []
   steps = [r["step"] for r in records]
@@ -127,9 +134,10 @@ def run_facts(run: Run, last_n: int) -> list[str]:
     facts.append(f"next-token entropy, last {last_n}: model {format_number(model)} vs target {format_number(target)} "
                  f"nats ({side} the target), KL {format_number(kl)} nats.")
   if runs_lib.has_metric(run, "norm/params"):
-    exponent = runs_lib.growth_exponent(*runs_lib.series(records, "norm/params"))
+    exponent = growth_exponent(*series(records, "norm/params"))
     if math.isfinite(exponent):
-      facts.append(f"parameter norm grows like t^{exponent:.2f} over the later half of training (√t is t^0.50).")
+      facts.append(f"parameter norm grows like a·t^{exponent:.2f} + b (the growth exponent p of a·t^p + b, "
+                   "least squares over every logged step; √t is t^0.50).")
   if runs_lib.has_metric(run, "perf/tokens_per_s"):
     facts.append(f"throughput, last {last_n}: "
                  f"{format_number(runs_lib.last_n_mean(records, 'perf/tokens_per_s', last_n))} tokens/s.")

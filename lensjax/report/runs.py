@@ -1,4 +1,4 @@
-"""A run directory read back into memory, and the series the report draws.
+"""A run directory read back into memory (`RunRecord`), and the per-layer and last-N views the report draws.
 
 A run directory holds `config.json`, `metrics.jsonl`, when units died or
 revived `neuron_events.jsonl` (formats in lensjax/io), and, when `lensjax
@@ -15,10 +15,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
 
 import numpy as np
 
+from lensjax.analysis.records import family_layers, metric_names, series
 from lensjax.errors import InputError
 from lensjax.io.metrics_log import read_metrics
 
@@ -32,8 +32,8 @@ _HEAD_SUFFIX = re.compile(r"/layer_(\d+)/head_(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-  """One run directory: its name (the directory's basename) and what it logged."""
+class RunRecord:
+  """What one run directory logged, read back: its name (the directory's basename), config and records."""
   name: str
   path: str
   config: dict
@@ -56,7 +56,7 @@ class Run:
     return max(layers) + 1 if layers else 0
 
 
-def load_run(path: str) -> Run:
+def read_run(path: str) -> RunRecord:
   """Reads a run directory; raises InputError naming the path and what is missing."""
   if not os.path.exists(path):
     raise InputError(f"run directory {path} does not exist; pass the --workdir of a `lensjax train` run.")
@@ -72,8 +72,8 @@ def load_run(path: str) -> Run:
   events_path = os.path.join(path, EVENTS_FILE)
   events = read_metrics(events_path) if os.path.isfile(events_path) else []
   name = os.path.basename(os.path.normpath(os.path.abspath(path)))
-  return Run(name=name, path=path, config=_read_config(path), records=records, events=events,
-             entropy=_read_entropy(path))
+  return RunRecord(name=name, path=path, config=_read_config(path), records=records, events=events,
+                   entropy=_read_entropy(path))
 
 
 def _read_config(path: str) -> dict:
@@ -116,37 +116,14 @@ def _valid_records(path: str, records: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------
-# Series.
+# Per-layer and per-head families.
 
 
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def metric_names(records: list[dict]) -> set[str]:
-  """Every numeric metric name that appears in at least one record."""
-  return {name for record in records for name, value in record.items() if name != "step" and _is_number(value)}
-
-
-def has_metric(run: Run, name: str) -> bool:
+def has_metric(run: RunRecord, name: str) -> bool:
   return name in run.names
 
 
-def series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
-  """(steps, values) of `name`, sorted by step; a step logged twice keeps its later value."""
-  by_step = {r["step"]: float(r[name]) for r in records if _is_number(r.get(name))}
-  steps = np.array(sorted(by_step), dtype=np.int64)
-  return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
-
-
-def family_layers(names: Iterable[str], family: str) -> int:
-  """How many layers `family/layer_{l}` covers among `names` (1 + the largest l seen), 0 when absent."""
-  prefix = family + "/layer_"
-  layers = [int(name[len(prefix):]) for name in names if name.startswith(prefix) and name[len(prefix):].isdigit()]
-  return max(layers) + 1 if layers else 0
-
-
-def has_family(run: Run, family: str) -> bool:
+def has_family(run: RunRecord, family: str) -> bool:
   return family_layers(run.names, family) > 0
 
 
@@ -215,18 +192,3 @@ def last_value(records: list[dict], name: str) -> float:
 def _nanmean(values: np.ndarray) -> float:
   finite = values[np.isfinite(values)]
   return float(finite.mean()) if finite.size else math.nan
-
-
-def growth_exponent(steps: np.ndarray, values: np.ndarray) -> float:
-  """The slope k of log ‖θ‖ against log t over the later half of training (‖θ‖ ∝ t^k; √t gives 0.5).
-
-  The early half is left out because warm-up and the initial norm dominate
-  it; NaN when fewer than three positive points remain.
-  """
-  keep = (steps > 0) & np.isfinite(values) & (values > 0)
-  steps, values = steps[keep], values[keep]
-  later = steps >= steps[-1] / 2 if steps.size else keep[:0]
-  if int(np.count_nonzero(later)) < 3:
-    return math.nan
-  slope, _ = np.polyfit(np.log(steps[later]), np.log(values[later]), 1)
-  return float(slope)

@@ -11,7 +11,7 @@ is one standard error:
 with s the sample standard deviation over the n replicas (0 when n = 1) and
 e_i each replica's own standard error (0 for exact enumeration, the Monte
 Carlo error otherwise). Everything here is a pure function of the runs read
-back by `runs.load_run`, so it can be tested on hand-written records.
+back by `runs.read_run`, so it can be tested on hand-written records.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lensjax.analysis.records import family_layers
 from lensjax.report import runs as runs_lib
-from lensjax.report.runs import Run
+from lensjax.report.runs import RunRecord
 
 # Config sections that do not change what is trained: replicas may differ in them.
 _NOT_THE_MODEL = ("logging", "checkpoint")
@@ -65,7 +66,7 @@ class SizePoint:
   layers: dict[str, dict[str, Estimate]]  # family -> reduction (mean / first / last) -> last-N value
 
 
-def seed_key(run: Run) -> str:
+def seed_key(run: RunRecord) -> str:
   """Runs with equal keys are seed replicas: equal configs once train.seed, logging and checkpointing are dropped.
 
   A run without config.json is its own group (its path is the key).
@@ -78,7 +79,7 @@ def seed_key(run: Run) -> str:
   return json.dumps(config, sort_keys=True, default=str)
 
 
-def seed_groups(runs: Sequence[Run]) -> list[list[int]]:
+def seed_groups(runs: Sequence[RunRecord]) -> list[list[int]]:
   """Indices of `runs` grouped into seed replicas, groups and members in the order given."""
   groups: dict[str, list[int]] = {}
   for index, run in enumerate(runs):
@@ -106,24 +107,24 @@ def combine(values: Sequence[float], stderrs: Sequence[float] | None = None) -> 
   return Estimate(float(values.mean()), math.sqrt(spread + own), n)
 
 
-def layer_reductions(run: Run, family: str, last_n: int) -> dict[str, float]:
+def layer_reductions(run: RunRecord, family: str, last_n: int) -> dict[str, float]:
   """The family's per-layer last-N means reduced to one number each: mean over layers, first, last."""
   if not runs_lib.has_family(run, family):
     return {key: math.nan for key, _ in LAYER_REDUCTIONS}
   per_layer = runs_lib.last_n_layer_means(run.records, family, last_n,
-                                          runs_lib.family_layers(run.names, family))
+                                          family_layers(run.names, family))
   finite = per_layer[np.isfinite(per_layer)]
   return {"mean": float(finite.mean()) if finite.size else math.nan,
           "first": float(per_layer[0]), "last": float(per_layer[-1])}
 
 
-def _entropy_values(runs: Sequence[Run], name: str) -> tuple[list[float], list[float]]:
+def _entropy_values(runs: Sequence[RunRecord], name: str) -> tuple[list[float], list[float]]:
   values = [float(run.entropy.get(name, math.nan)) for run in runs]
   errors = [float(run.entropy.get(name + "_stderr", 0.0)) for run in runs]
   return values, errors
 
 
-def size_point(runs: Sequence[Run], last_n: int) -> SizePoint:
+def size_point(runs: Sequence[RunRecord], last_n: int) -> SizePoint:
   """The point of one group of seed replicas, each with an entropy.json."""
   estimate = lambda name: combine(*_entropy_values(runs, name))
   layers = {}
@@ -139,7 +140,7 @@ def size_point(runs: Sequence[Run], last_n: int) -> SizePoint:
       eval_loss=combine([runs_lib.last_value(run.records, "eval/loss") for run in runs]), layers=layers)
 
 
-def size_points(runs: Sequence[Run], last_n: int) -> list[SizePoint]:
+def size_points(runs: Sequence[RunRecord], last_n: int) -> list[SizePoint]:
   """One point per group of seed replicas that have an entropy.json, in order of size (then of appearance)."""
   measured = [run for run in runs if run.entropy is not None]
   points = [size_point([measured[i] for i in group], last_n) for group in seed_groups(measured)]
