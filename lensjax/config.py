@@ -378,19 +378,19 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
     _check(os.path.isfile(d.path), f"data file {d.path!r} (data.path) does not exist; pass an existing file.")
 
 
-# Keys that fix the shapes or the meaning of the saved state; the rest (steps,
-# logging and checkpoint intervals, learning rate, ...) may change on resume.
-RESUME_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-                    if f.name not in ("dropout", "attention", "remat", "dtype")) + (
-                        "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed",
-                        "stats.spike_window")  # the spike window's length is an array shape in the train state
+# Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG); the
+# lenses add the keys of theirs (`Lens.resume_keys`). The rest (steps, logging and checkpoint intervals, learning
+# rate, ...) may change on resume.
+STATE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+                   if f.name not in ("dropout", "attention", "remat", "dtype")) + (
+                       "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed")
 
 
-def resume_conflicts(saved: dict, config: Config) -> list[str]:
-  """The RESUME_KEYS whose value in a checkpoint's config differs from `config`'s."""
+def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:
+  """The `keys` whose value in a checkpoint's config differs from `config`'s."""
   current = to_dict(config)
   conflicts = []
-  for key in RESUME_KEYS:
+  for key in keys:
     section, name = key.split(".")
     old, new = saved.get(section, {}).get(name), current[section][name]
     if old is not None and old != new:

@@ -1,12 +1,11 @@
-"""A decoder-only Transformer in Flax linen that reports on itself.
+"""A decoder-only Transformer in Flax linen; it computes no statistics.
 
-`Transformer.apply(params, tokens_BxT, mask_BxT)` returns `(logits_BxTxV, aux)`,
-logits in the compute dtype.
-`aux` holds small per-layer summaries stacked over layers (leading axis L),
-never activation tensors: with `collect_stats=False` only the per-unit "active
-on some real token" flags that dead-neuron tracking needs on every step; with
-`collect_stats=True` also the summaries of METRICS.md (active fractions,
-attention bypass, attention entropy per head, max logit, sink mass).
+`Transformer(cfg, capture=names).apply(params, tokens_BxT, mask_BxT)` returns
+`(logits_BxTxV, captured)`: logits in the compute dtype, and the raw per-layer
+tensors named in `capture` (see CAPTURES), which is how lenses see inside
+the network. A name maps to a tuple of L arrays (unrolled layers) or to one
+array with a leading L axis (`scan_layers`); `lensjax.ops.layers.map_layers`
+reads both. With the default `capture=()` nothing extra leaves the model.
 Parameters are float32; `ModelConfig.dtype` is the compute dtype.
 
 `Transformer(cfg, decode=True)` is the same network for incremental decoding:
@@ -26,8 +25,18 @@ import jax
 import jax.numpy as jnp
 
 from lensjax.config import ModelConfig
+from lensjax.ops.arrays import F32
 
-F32 = jnp.float32
+# What a lens may ask the model for, per layer.
+CAPTURES = {
+    "block_in": "x_BxTxD: the residual stream entering the block",
+    "block_out": "x_BxTxD: the residual stream leaving the block",
+    "attn_out": "y_BxTxD: what the attention sublayer adds to the residual stream (after dropout)",
+    "attn_logits": "float32 [B, H, T, T]: scaled attention scores before the causal mask (explicit path only)",
+    "attn_probs": "[B, H, T, T]: attention probabilities (explicit path only)",
+    "ffn_hidden": "a_BxTxF: the FFN's activations after the nonlinearity",
+}
+EXPLICIT_ONLY = ("attn_logits", "attn_probs")  # the fused cuDNN kernel never forms them
 
 
 def padded_vocab_size(cfg: ModelConfig) -> int:
@@ -40,12 +49,6 @@ def has_attention(cfg: ModelConfig) -> bool:
 
 def has_ffn(cfg: ModelConfig) -> bool:
   return cfg.block in ("attention+ffn", "ffn_only")
-
-
-def masked_mean(x, mask):
-  """Mean of `x` over the entries where `mask` is 1 (0 when there are none)."""
-  x, mask = x.astype(F32), mask.astype(F32)
-  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def rotary(x_BxTxHxK: jax.Array, positions_T: jax.Array | None = None) -> jax.Array:
@@ -63,33 +66,10 @@ def rotary(x_BxTxHxK: jax.Array, positions_T: jax.Array | None = None) -> jax.Ar
   return out.astype(x_BxTxHxK.dtype)
 
 
-def attention_summaries(logits_BxHxTxT, probs_BxHxTxT, mask_BxT):
-  """Per-layer attention statistics of METRICS.md from explicit scores.
-
-  Key padding is on the right, so under the causal mask query t sees exactly
-  keys 0..t; padded queries are excluded through `mask_BxT`.
-  """
-  T = logits_BxHxTxT.shape[-1]
-  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-  plogp = jnp.where(probs_BxHxTxT > 0, probs_BxHxTxT * jnp.log(jnp.maximum(probs_BxHxTxT, 1e-30)), 0.0)
-  entropy_BxHxT = -jnp.sum(plogp, axis=-1)
-  visible_T = jnp.arange(1, T + 1, dtype=F32)
-  # Query 0 sees one key: its entropy is 0 by construction and log(1) = 0.
-  normalised_BxHxT = entropy_BxHxT / jnp.log(jnp.maximum(visible_T, 2.0))
-  query_mask_BxT = mask_BxT * (jnp.arange(T) > 0)
-  query_weight_BxHxT = jnp.broadcast_to(query_mask_BxT[:, None, :], entropy_BxHxT.shape)
-  entropy_H = jnp.sum(normalised_BxHxT * query_weight_BxHxT, axis=(0, 2)) / jnp.maximum(
-      jnp.sum(query_weight_BxHxT, axis=(0, 2)), 1.0)
-  real_query_BxHxTx1 = (mask_BxT[:, None, :, None] > 0)
-  visible = causal_TxT[None, None] & real_query_BxHxTx1
-  max_logit = jnp.max(jnp.where(visible, logits_BxHxTxT, -jnp.inf))
-  sink = masked_mean(probs_BxHxTxT[..., 0], jnp.broadcast_to(mask_BxT[:, None, :], probs_BxHxTxT.shape[:-1]))
-  return {"attn_entropy": entropy_H, "attn_max_logit": max_logit, "attn_sink": sink}
-
-
 class Attention(nn.Module):
+  """Returns `(y_BxTxD, captured)`; `captured` holds the requested EXPLICIT_ONLY tensors."""
   cfg: ModelConfig
-  collect_stats: bool = False
+  capture: tuple[str, ...] = ()
   residual_scale: float = 1.0
   decode: bool = False
 
@@ -104,7 +84,7 @@ class Attention(nn.Module):
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if cfg.positions == "rotary" and not self.decode:
       q_BxTxHxK, k_BxTxHxK = rotary(q_BxTxHxK), rotary(k_BxTxHxK)
-    aux = {}
+    captured = {}
     if self.decode:
       out_BxTxHxK = self.cached_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
     elif cfg.attention == "cudnn":
@@ -120,14 +100,13 @@ class Attention(nn.Module):
       causal_TxT = jnp.tril(jnp.ones((T, T), bool))
       masked = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(F32).min)
       probs_BxHxTxT = jax.nn.softmax(masked, axis=-1)
-      self.sow("intermediates", "attn_probs", probs_BxHxTxT)
       out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(dtype), v_BxTxHxK)
-      if self.collect_stats:
-        aux = attention_summaries(logits_BxHxTxT, probs_BxHxTxT, mask_BxT)
+      explicit = {"attn_logits": logits_BxHxTxT, "attn_probs": probs_BxHxTxT}
+      captured = {name: explicit[name] for name in EXPLICIT_ONLY if name in self.capture}
     out_init = nn.initializers.normal(cfg.init_std * self.residual_scale)
     y_BxTxD = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype,
                               param_dtype=F32, kernel_init=out_init, name="out")(out_BxTxHxK)
-    return y_BxTxD, aux
+    return y_BxTxD, captured
 
   def cached_attention(self, q_BxSxHxK, k_BxSxHxK, v_BxSxHxK):
     """S new positions attend over the cache and themselves, then join the cache.
@@ -159,8 +138,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+  """Returns `(out_BxTxD, a_BxTxF)`: the output and the activations after the nonlinearity."""
   cfg: ModelConfig
-  collect_stats: bool = False
   residual_scale: float = 1.0
 
   @nn.compact
@@ -174,28 +153,16 @@ class FeedForward(nn.Module):
     else:
       act = {"relu": nn.relu, "gelu": nn.gelu}[cfg.activation]
       a_BxTxF = act(dense(cfg.d_ff, name="up")(x_BxTxD))
-    active_BxTxF = (a_BxTxF > cfg.active_threshold) & (mask_BxT[:, :, None] > 0)
-    active_in_seq_BxF = jnp.any(active_BxTxF, axis=1)
-    aux = {"ffn_unit_active": jnp.any(active_in_seq_BxF, axis=0)}
-    if self.collect_stats:
-      token_fraction_BxT = jnp.mean(active_BxTxF.astype(F32), axis=-1)
-      real_seq_B = jnp.any(mask_BxT > 0, axis=1)
-      aux["ffn_active_token"] = masked_mean(token_fraction_BxT, mask_BxT)
-      aux["ffn_active_seq"] = masked_mean(jnp.mean(active_in_seq_BxF.astype(F32), axis=-1), real_seq_B)
-      aux["ffn_active_batch"] = jnp.mean(aux["ffn_unit_active"].astype(F32))
-      # Per-unit firing frequency over the batch's real tokens: [F], for histograms.
-      fired_F = jnp.sum(active_BxTxF.astype(F32), axis=(0, 1))
-      aux["ffn_unit_frequency"] = fired_F / jnp.maximum(jnp.sum(mask_BxT), 1.0)
     out = nn.Dense(cfg.d_model, use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
                    kernel_init=nn.initializers.normal(cfg.init_std * self.residual_scale),
                    name="down")(a_BxTxF)
-    return out, aux
+    return out, a_BxTxF
 
 
 class Block(nn.Module):
-  """One residual block; returns `(x, aux)` so that it can be scanned over layers."""
+  """One residual block; returns `(x, captured)` so that it can be scanned over layers."""
   cfg: ModelConfig
-  collect_stats: bool = False
+  capture: tuple[str, ...] = ()
   deterministic: bool = True
   decode: bool = False
 
@@ -207,38 +174,34 @@ class Block(nn.Module):
     residual_scale = 1.0 / math.sqrt(2 * cfg.num_layers)
     sublayers = []
     if has_attention(cfg):
-      sublayers.append(("attn", Attention(cfg, self.collect_stats, residual_scale, self.decode, name="attn")))
+      sublayers.append(("attn", Attention(cfg, self.capture, residual_scale, self.decode, name="attn")))
     if has_ffn(cfg):
-      sublayers.append(("ffn", FeedForward(cfg, self.collect_stats, residual_scale, name="ffn")))
-    aux = {}
+      sublayers.append(("ffn", FeedForward(cfg, residual_scale, name="ffn")))
+    tensors = {"block_in": x_BxTxD}
     for kind, sublayer in sublayers:
       pre = cfg.norm == "pre"
-      y_BxTxD, sub_aux = sublayer(norm(name=f"{kind}_norm")(x_BxTxD) if pre else x_BxTxD, mask_BxT)
+      y_BxTxD, inner = sublayer(norm(name=f"{kind}_norm")(x_BxTxD) if pre else x_BxTxD, mask_BxT)
       y_BxTxD = drop(y_BxTxD)
-      aux.update(sub_aux)
-      if kind == "attn" and self.collect_stats:
-        ratio_BxT = (jnp.linalg.norm(y_BxTxD.astype(F32), axis=-1)
-                     / jnp.maximum(jnp.linalg.norm(x_BxTxD.astype(F32), axis=-1), 1e-30))
-        aux["attn_bypass"] = masked_mean(ratio_BxT, mask_BxT)
+      if kind == "attn":
+        tensors.update(inner, attn_out=y_BxTxD)
+      else:
+        tensors["ffn_hidden"] = inner
       x_BxTxD = x_BxTxD + y_BxTxD
       if not pre:
         x_BxTxD = norm(name=f"{kind}_post_norm")(x_BxTxD)
-    return x_BxTxD, aux
-
-
-def stack_trees(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    tensors["block_out"] = x_BxTxD
+    return x_BxTxD, {name: tensors[name] for name in self.capture if name in tensors}
 
 
 class Transformer(nn.Module):
   cfg: ModelConfig
-  collect_stats: bool = False
+  capture: tuple[str, ...] = ()  # names of CAPTURES returned per layer
   decode: bool = False  # incremental decoding over a "cache" collection (see the module docstring)
 
   @nn.compact
   def __call__(self, tokens_BxT, mask_BxT=None, *, deterministic: bool = True, return_hidden: bool = False):
-    """`(logits_BxTxV, aux)`, or with `return_hidden` the final hidden states
-    `(h_BxTxD, aux)` for a loss that applies `head_matrix` itself, in chunks."""
+    """`(logits_BxTxV, captured)`, or with `return_hidden` the final hidden states
+    `(h_BxTxD, captured)` for a loss that applies `head_matrix` itself, in chunks."""
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
     B, T = tokens_BxT.shape
@@ -267,19 +230,20 @@ class Transformer(nn.Module):
       variable_axes = {"params": 0, "cache": 0} if self.decode else {"params": 0}
       scanned = nn.scan(block, variable_axes=variable_axes, split_rngs={"params": True, "dropout": True},
                         in_axes=nn.broadcast, length=cfg.num_layers)
-      x_BxTxD, aux = scanned(cfg, self.collect_stats, deterministic, self.decode, name="layers")(x_BxTxD, mask_BxT)
+      x_BxTxD, captured = scanned(cfg, self.capture, deterministic, self.decode, name="layers")(x_BxTxD, mask_BxT)
     else:
       per_layer = []
       for layer in range(cfg.num_layers):
-        x_BxTxD, layer_aux = block(cfg, self.collect_stats, deterministic, self.decode,
-                                   name=f"layer_{layer}")(x_BxTxD, mask_BxT)
-        per_layer.append(layer_aux)
-      aux = stack_trees(per_layer)
+        x_BxTxD, layer_captured = block(cfg, self.capture, deterministic, self.decode,
+                                        name=f"layer_{layer}")(x_BxTxD, mask_BxT)
+        per_layer.append(layer_captured)
+      # A tuple per name, not a stacked copy: the tensors are large and lenses reduce them layer by layer.
+      captured = {name: tuple(layer[name] for layer in per_layer) for name in per_layer[0]} if per_layer else {}
 
     if cfg.norm == "pre":
       x_BxTxD = nn.LayerNorm(dtype=dtype, param_dtype=F32, use_bias=cfg.use_bias, name="final_norm")(x_BxTxD)
     if return_hidden and not self.is_initializing():
-      return x_BxTxD, aux
+      return x_BxTxD, captured
     if cfg.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
@@ -287,7 +251,7 @@ class Transformer(nn.Module):
                               kernel_init=nn.initializers.normal(cfg.init_std), name="unembed")(x_BxTxD)
     # Logits stay in the compute dtype: a float32 copy of B×T×V is the largest
     # tensor of a GPT-2-sized step; consumers upcast inside their fused reductions.
-    return logits_BxTxV[..., :cfg.vocab_size], aux
+    return logits_BxTxV[..., :cfg.vocab_size], captured
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int):
@@ -303,13 +267,6 @@ def head_matrix(params, cfg: ModelConfig):
   if cfg.tie_embeddings:
     return params["embed"]["embedding"].T.astype(cfg.dtype)
   return params["unembed"]["kernel"].astype(cfg.dtype)
-
-
-def layer_params(params, cfg: ModelConfig) -> list:
-  """The parameter subtree of each block, for scanned and unrolled layouts alike."""
-  if cfg.scan_layers:
-    return [jax.tree.map(lambda p, i=i: p[i], params["layers"]) for i in range(cfg.num_layers)]
-  return [params[f"layer_{i}"] for i in range(cfg.num_layers)]
 
 
 def count_params(params) -> int:

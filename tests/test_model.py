@@ -10,8 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lensjax.config import ModelConfig
-from lensjax.model import Transformer, layer_params, padded_vocab_size, stack_trees
+from lensjax.config import Config, ModelConfig
+from lensjax.model import CAPTURES, Transformer, padded_vocab_size
+from lensjax.ops.layers import layer_trees as layer_params
+from lensjax.ops.trees import stack_trees
+from lensjax.stats import lenses as lens_lib
+from lensjax.stats.lens import StepView, run as run_lenses
+from lensjax.train.step import model_for
+
+ALL = tuple(CAPTURES)
 
 B, T, V = 2, 6, 8
 
@@ -97,9 +104,9 @@ def test_ffn_only_positions_see_only_themselves():
 @pytest.mark.parametrize("remat", [False, True])
 def test_scanned_layers_match_unrolled_layers_with_stacked_params(remat):
   cfg = tiny_model_config(num_layers=3)
-  model, params = init(cfg, collect_stats=True)
+  model, params = init(cfg, capture=ALL)
   scanned_cfg = dataclasses.replace(cfg, scan_layers=True, remat=remat)
-  scanned = Transformer(scanned_cfg, collect_stats=True)
+  scanned = Transformer(scanned_cfg, capture=ALL)
   scanned_params = {k: v for k, v in params.items() if not k.startswith("layer_")}
   scanned_params["layers"] = stack_trees(layer_params(params, cfg))
   # The stacked tree must be exactly what the scanned model itself creates.
@@ -110,9 +117,10 @@ def test_scanned_layers_match_unrolled_layers_with_stacked_params(remat):
   logits, aux = model.apply({"params": params}, tokens_BxT())
   scanned_logits, scanned_aux = scanned.apply({"params": scanned_params}, tokens_BxT())
   np.testing.assert_allclose(scanned_logits, logits, rtol=1e-5, atol=1e-6)
-  assert aux.keys() == scanned_aux.keys()
-  for key in aux:
-    np.testing.assert_allclose(scanned_aux[key], aux[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  assert aux.keys() == scanned_aux.keys() == set(ALL)
+  for key in aux:  # unrolled: a tuple of L tensors; scanned: one stacked tensor
+    assert len(aux[key]) == cfg.num_layers and scanned_aux[key].shape[0] == cfg.num_layers
+    np.testing.assert_allclose(scanned_aux[key], np.stack(aux[key]), rtol=1e-5, atol=1e-6, err_msg=key)
   # layer_params reads both layouts alike.
   for unrolled, stacked in zip(layer_params(params, cfg), layer_params(scanned_params, scanned_cfg)):
     jax.tree.map(np.testing.assert_array_equal, unrolled, stacked)
@@ -124,13 +132,17 @@ def test_scanned_layers_match_unrolled_layers_with_stacked_params(remat):
 ])
 def test_block_variants_build_run_and_hold_only_their_sublayers(block, present, absent):
   cfg = tiny_model_config(block=block)
-  model, params = init(cfg, collect_stats=True)
+  model, params = init(cfg, capture=ALL)
   logits, aux = model.apply({"params": params}, tokens_BxT())
   assert logits.shape == (B, T, V)
   assert np.all(np.isfinite(logits))
   assert present <= set(params["layer_0"]) and not absent & set(params["layer_0"])
   has_attn_stats = any(k.startswith("attn_") for k in aux)
   has_ffn_stats = any(k.startswith("ffn_") for k in aux)
+  # The statistics follow: the lenses of this model report only on the sublayers it has.
+  names = set(logged_statistics(cfg, params)[0])
+  assert (any(n.startswith("attn/") for n in names), any(n.startswith("ffn/") for n in names)) == (
+      block == "attention_only", block == "ffn_only")
   assert (has_attn_stats, has_ffn_stats) == (block == "attention_only", block == "ffn_only")
 
 
@@ -147,25 +159,42 @@ def test_padded_vocabulary_returns_exactly_vocab_size_logits(tie_embeddings):
   assert logits.shape == (B, T, 10)
 
 
+def logged_statistics(cfg: ModelConfig, params, every_step_only: bool = False) -> dict:
+  """The model-side statistics of the train lenses on one batch (the parameter and optimiser lenses left out)."""
+  lenses = [lens for lens in lens_lib.train_lenses(Config(model=cfg))
+            if lens.name in ("dead_units", "ffn_activity", "attention") and (lens.every_step or not every_step_only)]
+  model = model_for(cfg, lenses)
+  tokens, mask = tokens_BxT(), jnp.ones((B, T), jnp.float32)
+  _, captured = model.apply({"params": params}, tokens, mask, return_hidden=True)
+  view = StepView({"inputs": tokens, "mask": mask}, {}, captured, None, params, params, None, None, None,
+                  jnp.zeros((), jnp.int32), not every_step_only)
+  states = {lens.name: lens.init(params) for lens in lenses if lens.init(params) is not None}
+  return run_lenses(lenses, states, view)[1], model
+
+
 def test_aux_shapes_are_per_layer_per_head_per_unit():
   # Distinct L, H, F so that a swapped axis cannot pass. (The scanned layout
   # is held to the same shapes by the scanned = unrolled test above.)
   L, H, F = 3, 2, 24
   cfg = tiny_model_config(num_layers=L, num_heads=H, d_ff=F)
-  model, params = init(cfg, collect_stats=True)
-  _, aux = model.apply({"params": params}, tokens_BxT())
-  shapes = {k: v.shape for k, v in aux.items()}
+  model, params = init(cfg)
+  metrics, _ = logged_statistics(cfg, params)
+  shapes = {k: v.shape for k, v in metrics.items()}
   required = {
-      "attn_bypass": (L,), "attn_max_logit": (L,), "attn_sink": (L,), "attn_entropy": (L, H),
-      "ffn_active_token": (L,), "ffn_active_seq": (L,), "ffn_active_batch": (L,), "ffn_unit_active": (L, F),
+      "attn/bypass": (L,), "attn/max_logit": (L,), "attn/sink": (L,), "attn/entropy": (L, H),
+      "ffn/active_token": (L,), "ffn/active_seq": (L,), "ffn/active_batch": (L,), "units/frequency": (L, F),
+      "ffn/dead": (L,), "units/died": (L, F),
   }
   assert {k: shapes.get(k) for k in required} == required
   # Summaries only, never activation tensors: whatever else is added has one of these shapes.
   assert set(shapes.values()) <= {(L,), (L, H), (L, F)}, shapes
-  # The every-step variant carries only what dead-unit tracking needs.
-  _, plain_aux = Transformer(cfg).apply({"params": params}, tokens_BxT())
-  assert {k: v.shape for k, v in plain_aux.items()} == {"ffn_unit_active": (L, F)}, "the every-step aux grew"
-  assert plain_aux["ffn_unit_active"].dtype == jnp.bool_
+  # The every-step variant carries only what dead-unit tracking needs: the model captures the FFN activations alone.
+  plain_metrics, plain_model = logged_statistics(cfg, params, every_step_only=True)
+  assert plain_model.capture == ("ffn_hidden",), "the every-step captures grew"
+  assert {k: v.shape for k, v in plain_metrics.items()} == {"ffn/dead": (L,), "ffn/died": (L,), "ffn/revived": (L,)}
+  # The plain model hands out nothing at all.
+  _, nothing = Transformer(cfg).apply({"params": params}, tokens_BxT())
+  assert nothing == {}
 
 
 def test_dropout_changes_outputs_only_when_not_deterministic():

@@ -13,7 +13,7 @@ from conftest import make_tiny_config, run_cli, write_config_file
 from lensjax import config as config_lib
 from lensjax import parallel
 from lensjax.errors import InputError, TrainingHalted
-from lensjax.io.run_logger import neuron_events
+from lensjax.stats.dead_units import neuron_events
 from lensjax.train import loop
 
 
@@ -87,7 +87,7 @@ def test_fsdp_over_eight_devices_matches_one_device():
   for run in (one, sharded):
     state = run.state
     for step in range(3):
-      state, metrics = run.plain_step(state, loop._batch(run, step))
+      state, metrics = run.plain_step(state, loop.device_batch(run, step))
     states.append((host(state.params), float(metrics["train/loss"])))
   assert states[0][1] == pytest.approx(states[1][1], rel=1e-5)
   for a, b in zip(jax.tree.leaves(states[0][0]), jax.tree.leaves(states[1][0])):
@@ -96,7 +96,7 @@ def test_fsdp_over_eight_devices_matches_one_device():
 
 def test_plain_and_logging_steps_make_the_same_update_bit_for_bit():
   run = loop.build(loop.prepare(make_tiny_config()))
-  batch = loop._batch(run, 0)
+  batch = loop.device_batch(run, 0)
   copy = lambda: jax.tree.map(lambda x: x.copy(), run.state)
   plain, _ = run.plain_step(copy(), batch)
   logging, metrics = run.logging_step(copy(), batch)
@@ -124,4 +124,4 @@ def test_a_model_without_ffn_saves_and_resumes(tmp_path):
   config = make_tiny_config(**{"model.block": "attention_only", "train.steps": 3, "checkpoint.save_every": 2})
   loop.train(config, workdir, stop_at_step=2)
   state = loop.train(config, workdir)
-  assert int(state.step) == 3 and state.unit_last_active is None
+  assert int(state.step) == 3 and "dead_units" not in state.lens_state

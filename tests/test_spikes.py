@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tiny_config
 from lensjax import cli
-from lensjax.analysis import spikes, spikes_cli
+from lensjax.analysis import spikes
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.metrics_log import read_metrics
 from lensjax.train import loop
@@ -90,7 +90,7 @@ def restore(workdir, run, step):
 
 
 def assert_states_equal(a, b):
-  for field in ("step", "params", "opt_state", "rng", "unit_last_active", "dead_at_last_log", "skipped_steps"):
+  for field in ("step", "params", "opt_state", "rng", "lens_state", "skipped_steps"):
     for x, y in zip(jax.tree.leaves(jax.device_get(getattr(a, field))), jax.tree.leaves(jax.device_get(getattr(b, field)))):
       assert np.array_equal(np.asarray(x), np.asarray(y)), f"state.{field} differs"
 
@@ -133,7 +133,7 @@ def test_the_spikes_command_end_to_end(trained, capsys):
   assert detected, f"the tiny run no longer spikes (losses {np.round(losses, 3).tolist()}); retune spiking_config"
   argv = ["--workdir", workdir, "--window", "4", "--k", "6", "--after", "1", "--before", "2", "--max-spikes", "1",
           "--power-iters", "3", "--json"]
-  assert spikes_cli.main(argv) == 0
+  assert cli.main(["spikes", *argv]) == 0
   report = json.loads(capsys.readouterr().out)
   assert report["detected"] == detected
   (entry,) = report["spikes"]
@@ -153,8 +153,8 @@ def test_the_spikes_command_end_to_end(trained, capsys):
   assert os.path.isfile(os.path.join(workdir, "spikes", "report.json"))
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
   # Bad input: exit code 2 and the reason, nothing analysed.
-  assert spikes_cli.main(["--workdir", os.path.join(workdir, "missing")]) == 2
-  assert spikes_cli.main(["--workdir", workdir, "--window", "1"]) == 2
+  assert cli.main(["spikes", "--workdir", os.path.join(workdir, "missing")]) == 2
+  assert cli.main(["spikes", "--workdir", workdir, "--window", "1"]) == 2
   assert "--window" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Every in-step statistic of METRICS.md against an independent NumPy reference.
+"""Every in-step statistic of docs/metrics.md against an independent NumPy reference.
 
 The references are written from the formulas, with explicit Python loops over
 b, t, f (and b, h, q, k), in float64, on small hand-built inputs with the edge
@@ -22,18 +22,24 @@ import numpy as np
 import optax
 import pytest
 
-from lensjax.config import Config, ModelConfig, OptimConfig
+from lensjax.config import Config, ModelConfig, OptimConfig, StatsConfig
 from lensjax.io.names import flatten_metrics
-from lensjax.model import Attention, Block, FeedForward, Transformer, attention_summaries
+from lensjax.model import CAPTURES, EXPLICIT_ONLY, Attention, Block, FeedForward, Transformer
+from lensjax.ops.adam import find_adam_state
+from lensjax.ops.arrays import masked_mean as masked_token_mean
+from lensjax.ops.attention import attention_summaries as raw_attention_summaries, residual_ratio
+from lensjax.stats import lens as lens_core
 from lensjax.stats import lenses as lens_lib
-from lensjax.stats.adam import adam_lens_for, find_adam_state
-from lensjax.stats.entropy import eval_token_entropy_lens, token_entropy_lens
-from lensjax.stats.norms import norm_lens_for
-from lensjax.stats.sparsity import track_dead_units
+from lensjax.stats.adam import AdamLens
+from lensjax.stats.dead_units import track_dead_units
+from lensjax.stats.entropy import TokenEntropyLens
+from lensjax.stats.lens import Lens, Renamed, StepView
+from lensjax.stats.norms import NormLens
+from lensjax.stats.sparsity import activity, unit_active
 from lensjax.train.optim import make_optimizer
 from lensjax.train.state import create_state
-from lensjax.train.loss import MAX_CHUNK_LOGITS, masked_token_mean, token_statistics
-from lensjax.train.step import StepView, train_step
+from lensjax.train.loss import MAX_CHUNK_LOGITS, token_statistics
+from lensjax.train.step import model_for, train_step
 
 # Row 0 full, row 1 right-padded, row 2 all padding.
 MASK_3x5 = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], np.float32)
@@ -43,10 +49,34 @@ def close(actual, expected, rtol=1e-5, atol=1e-6):
   np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
-def view_of(batch, tokens=None, aux=None, params=None, new_params=None, grads=None, updates=None,
+def view_of(batch, tokens=None, captured=None, params=None, new_params=None, grads=None, updates=None,
             opt_state=None):
-  return StepView(batch, tokens or {}, aux or {}, params, new_params, grads, updates, opt_state,
-                  jnp.zeros((), jnp.int32))
+  return StepView(batch, tokens or {}, captured or {}, None, params, new_params, grads, updates, opt_state,
+                  jnp.zeros((), jnp.int32), True)
+
+
+def metrics_of(lens: Lens, view) -> dict:
+  return lens.update(None, view)[1]
+
+
+def token_entropy_lens(view):
+  return metrics_of(TokenEntropyLens(), view)
+
+
+def eval_token_entropy_lens(view):
+  return metrics_of(Renamed("eval/", TokenEntropyLens()), view)
+
+
+def attention_summaries(logits, probs, mask):
+  """The floor's summaries under the names this file's references use."""
+  return {f"attn_{k}": v for k, v in raw_attention_summaries(logits, probs, mask).items()}
+
+
+def ffn_summaries(a_BxTxF, mask, threshold):
+  """The activity lens's per-layer functions on one layer's captured activations."""
+  act = activity(a_BxTxF, mask, threshold)
+  return {"ffn_active_token": act["token"], "ffn_active_seq": act["seq"], "ffn_active_batch": act["batch"],
+          "ffn_unit_active": unit_active(a_BxTxF, mask, threshold)}
 
 
 def run_module(module, x, mask, params=None, seed=0):
@@ -184,7 +214,7 @@ def ref_causal_softmax(logits):
 
 
 def ref_attention_summaries(logits, probs, mask):
-  """METRICS.md: entropy / log(#visible) per head over real queries q ≥ 1; max logit over
+  """docs/metrics.md: entropy / log(#visible) per head over real queries q ≥ 1; max logit over
   real queries and visible keys; sink = mean mass on key 0 over real queries (and heads)."""
   B, H, T, _ = logits.shape
   entropy_sum, entropy_n = np.zeros(H), np.zeros(H)
@@ -226,8 +256,9 @@ def test_attention_summaries_on_hand_built_scores():
 def test_attention_module_summaries_from_its_own_queries_and_keys():
   cfg = ModelConfig(num_layers=1, d_model=8, num_heads=2, vocab_size=5, max_len=8, init_std=0.6)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 8))
-  module = Attention(cfg, collect_stats=True)
-  aux, inter = run_module(module, x, MASK_3x5, seed=1)
+  module = Attention(cfg, capture=EXPLICIT_ONLY)
+  captured, inter = run_module(module, x, MASK_3x5, seed=1)
+  aux = attention_summaries(captured["attn_logits"], captured["attn_probs"], jnp.asarray(MASK_3x5))
   qkv = np.asarray(inter["qkv"]["__call__"][0], np.float64)  # [B, T, 3, H, K]
   B, T, _, H, K = qkv.shape
   logits = np.zeros((B, H, T, T))
@@ -276,7 +307,7 @@ def check_ffn(aux, want):
 
 def relu_ffn(F):
   cfg = ModelConfig(d_model=F, d_ff=F, activation="relu")
-  module = FeedForward(cfg, collect_stats=True)
+  module = FeedForward(cfg)
   # up = identity, no bias: the activations are exactly relu(x); `down` does not matter.
   params = {"up": {"kernel": jnp.eye(F), "bias": jnp.zeros(F)},
             "down": {"kernel": jnp.ones((F, F)), "bias": jnp.zeros(F)}}
@@ -291,7 +322,8 @@ def test_ffn_activity_with_hand_set_weights_and_padding():
   x[1, 1, 0] = 0.5
   x[1, 3:, 2:] = 5.0  # units 2 and 3 fire only on padding
   x[2] = 5.0  # the all-padding row fires everything
-  aux, _ = run_module(module, x, MASK_3x5, params)
+  a, _ = run_module(module, x, MASK_3x5, params)
+  aux = ffn_summaries(a, jnp.asarray(MASK_3x5), 0.0)
   want = ref_ffn_activity(np.maximum(x, 0.0), MASK_3x5, 0.0)
   check_ffn(aux, want)
   # Hand-computed: 4 of 32 (token, unit) pairs over 8 real tokens; sequences {0,1} and {0}.
@@ -303,16 +335,18 @@ def test_ffn_activity_with_hand_set_weights_and_padding():
 def test_ffn_activity_of_a_layer_where_every_unit_is_dead():
   module, params = relu_ffn(4)
   x = -np.abs(np.random.default_rng(2).normal(size=(3, 5, 4))).astype(np.float32)  # relu(x) = 0 everywhere
-  aux, _ = run_module(module, x, MASK_3x5, params)
+  a, _ = run_module(module, x, MASK_3x5, params)
+  aux = ffn_summaries(a, jnp.asarray(MASK_3x5), 0.0)
   check_ffn(aux, ref_ffn_activity(np.zeros_like(x), MASK_3x5, 0.0))
   assert float(aux["ffn_active_batch"]) == 0.0 and not np.any(aux["ffn_unit_active"])
 
 
 def test_swiglu_activity_against_captured_projections_with_threshold():
   cfg = ModelConfig(d_model=6, d_ff=8, activation="swiglu", active_threshold=0.05, init_std=0.5)
-  module = FeedForward(cfg, collect_stats=True)
+  module = FeedForward(cfg)
   x = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 6))
-  aux, inter = run_module(module, x, MASK_3x5, seed=4)
+  a_captured, inter = run_module(module, x, MASK_3x5, seed=4)
+  aux = ffn_summaries(a_captured, jnp.asarray(MASK_3x5), cfg.active_threshold)
   gate = np.asarray(inter["gate"]["__call__"][0], np.float64)
   up = np.asarray(inter["up"]["__call__"][0], np.float64)
   a = gate / (1.0 + np.exp(-gate)) * up
@@ -343,11 +377,12 @@ def test_block_attention_bypass(norm):
   x = np.array(jax.random.normal(jax.random.PRNGKey(5), (3, 5, 8)))
   x[0, 2] *= 10.0  # tokens with very different residual norms
   x[1, 4] = 1e3  # huge padding token
-  block = Block(cfg, collect_stats=True)
-  aux, inter = run_module(block, x, MASK_3x5, seed=6)
+  block = Block(cfg, capture=tuple(CAPTURES))
+  captured, inter = run_module(block, x, MASK_3x5, seed=6)
   attn_out = np.asarray(inter["attn"]["__call__"][0][0], np.float64)
-  close(aux["attn_bypass"], ref_bypass(x.astype(np.float64), attn_out, MASK_3x5), rtol=1e-5)
-  assert {"attn_entropy", "ffn_active_token", "ffn_unit_active"} <= set(aux)
+  bypass = residual_ratio(captured["attn_out"], captured["block_in"], jnp.asarray(MASK_3x5))
+  close(bypass, ref_bypass(x.astype(np.float64), attn_out, MASK_3x5), rtol=1e-5)
+  assert set(captured) == set(CAPTURES)  # a block hands out every tensor it is asked for
 
 
 # --- dead units --------------------------------------------------------------
@@ -421,8 +456,11 @@ def cos(a, b):
   return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def capture_lens(view):
-  return {"_grads": view.grads}
+class CaptureGrads(Lens):
+  name = "capture_grads"
+
+  def update(self, state, view):
+    return state, {"_grads": view.grads}
 
 
 TINY = dict(num_layers=2, d_model=8, num_heads=2, d_ff=16, vocab_size=11, max_len=8, tie_embeddings=False,
@@ -438,16 +476,16 @@ def adamw_run():
   Returns the config and, per step, {params, new_params, grads, opt_state, metrics} as NumPy.
   Compiling the step dominates the test time, so the tests below share this one run.
   """
-  config = Config(model=ModelConfig(**TINY), optim=ADAMW)
-  model = Transformer(config.model, collect_stats=True)
+  config = Config(model=ModelConfig(**TINY), optim=ADAMW, stats=StatsConfig(dead_window=2))
+  lenses = lens_lib.train_lenses(config) + (CaptureGrads(),)
+  model = model_for(config.model, lenses)
   tx, schedule = make_optimizer(config.optim, total_steps=10)
-  state = jax.jit(lambda: create_state(model, tx, config.model, seq_len=5, seed=0))()
+  state = jax.jit(lambda: create_state(model, tx, seq_len=5, seed=0, lenses=lenses))()
   rng = np.random.default_rng(7)
   batch = {"inputs": jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32),
            "targets": jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32), "mask": jnp.asarray(MASK_3x5),
            "target_probs": jnp.asarray(rng.dirichlet(np.ones(11), (3, 5)), jnp.float32)}
-  lenses = lens_lib.train_lenses(config, None) + (capture_lens,)
-  step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, dead_window=2, lenses=lenses))
+  step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, lenses=lenses, logging=True))
   history = []
   for _ in range(3):
     params = jax.tree.map(np.asarray, state.params)
@@ -511,8 +549,8 @@ def test_norms_and_adam_on_the_scanned_layout(adamw_run):
   scanned_shapes = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 5), jnp.int32))
   restack = lambda tree: to_scanned(tree, cfg.num_layers)
   assert jax.tree.map(np.shape, restack(history[0]["params"])) == jax.tree.map(np.shape, scanned_shapes["params"])
-  lenses = [norm_lens_for(cfg), adam_lens_for(ADAMW, cfg)]
-  run_lenses = jax.jit(lambda view: {k: v for lens in lenses for k, v in lens(view).items()})
+  lenses = [NormLens(cfg), AdamLens(ADAMW, cfg)]
+  run_lenses = jax.jit(lambda view: lens_core.run(lenses, {}, view)[1])
   scanned_history = []
   for h in history:
     adam = find_adam_state(h["opt_state"])
@@ -542,7 +580,7 @@ def test_norms_treat_scanned_and_unrolled_layouts_alike_and_skip_scalars():
   for scan_layers, params, updates in ((True, scanned, d_scanned), (False, unroll(scanned), unroll(d_scanned))):
     cfg = ModelConfig(num_layers=2, scan_layers=scan_layers)
     view = view_of({}, params=params, updates=updates)
-    results.append(jax.jit(norm_lens_for(cfg))(view))
+    results.append(jax.jit(functools.partial(metrics_of, NormLens(cfg)))(view))
   for name, value in results[0].items():
     close(results[1][name], value)
   theta, delta = np.concatenate([w.ravel(), e.ravel()]), np.concatenate([dw.ravel(), de.ravel()])
@@ -562,8 +600,8 @@ def test_adam_lens_is_empty_without_adam_moments(name):
     opt_state = make_optimizer(optim_cfg, 10)[0].init(params)
     assert (find_adam_state(opt_state) is not None) == found
     if not found:
-      assert adam_lens_for(optim_cfg, cfg)(view_of({}, params=params, grads=params, updates=params,
-                                                   opt_state=opt_state)) == {}
+      assert metrics_of(AdamLens(optim_cfg, cfg), view_of({}, params=params, grads=params, updates=params,
+                                                          opt_state=opt_state)) == {}
 
 
 def test_train_lenses_produce_every_metric_name(adamw_run):
@@ -587,4 +625,5 @@ def test_train_lenses_produce_every_metric_name(adamw_run):
     expected |= {f"attn/entropy/layer_{l}/head_{h}" for h in range(H)}
   assert expected <= set(flat)
   assert all(np.isfinite(flat[name]) for name in expected)
-  assert eval_token_entropy_lens in lens_lib.eval_lenses(config, None)
+  assert any(isinstance(lens, Renamed) and isinstance(lens.inner, TokenEntropyLens) and lens.prefix == "eval/"
+             for lens in lens_lib.eval_lenses(config))

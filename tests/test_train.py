@@ -89,7 +89,7 @@ def assert_trees_equal(a, b, what: str) -> None:
 
 def assert_states_equal(a, b) -> None:
   """Bitwise: a resumed run must be the uninterrupted run, not merely close to it."""
-  for name in ("step", "params", "opt_state", "rng", "unit_last_active"):
+  for name in ("step", "params", "opt_state", "rng", "lens_state"):
     assert_trees_equal(getattr(a, name), getattr(b, name), f"state.{name}")
 
 

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the whole train state, with the resolved config beside it.
 
 Items: `state` (the TrainState pytree: step, params, optimiser state, RNG key,
-dead-neuron tracker) and `meta` (JSON: the resolved config). Saves are
-asynchronous; the manager keeps the newest `keep` checkpoints.
+the lenses' states) and `meta` (JSON: the resolved config and the names of the
+lenses whose state is saved). Saves are asynchronous; the manager keeps the
+newest `keep` checkpoints. A checkpoint whose meta names no lenses predates the
+lenses' own states; `migrate` restores it in its old layout and converts it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ from lensjax import parallel
 from lensjax.errors import CheckpointWriteError, InputError
 
 
+LENSES_KEY = "lenses"
+
+
 class Checkpoints:
 
   def __init__(self, directory: str, keep: int, async_save: bool = True, keep_every: int = 0,
-               cleanup_unfinished: bool = False):
+               cleanup_unfinished: bool = False, migrate=None):
     """`cleanup_unfinished`: delete the partial writes of a killed run (STEP.orbax-checkpoint-tmp); only for the
-    training run that owns the directory, never for a reader that may run beside it."""
+    training run that owns the directory, never for a reader that may run beside it. `migrate`:
+    `(legacy_layout(abstract) -> abstract tree, convert(restored, abstract) -> state)` for older checkpoints."""
     self.directory = os.path.abspath(directory)
+    self._migrate = migrate
     _drop_disk_full_tracebacks()
     _drop_abandoned_write_errors()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None, create=True,
@@ -50,8 +57,20 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state):
     """Restores the state of `step` into the shapes, dtypes and shardings of `abstract_state`."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    if self._migrate is not None and LENSES_KEY not in self._meta_or_empty(step):
+      legacy_layout, convert = self._migrate
+      return convert(self._restore_tree(step, legacy_layout(abstract_state)), abstract_state)
+    return self._restore_tree(step, abstract_state)
+
+  def _restore_tree(self, step: int, abstract_tree):
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree)))
     return restored["state"]
+
+  def _meta_or_empty(self, step: int) -> dict:
+    try:
+      return self.read_meta(step)
+    except Exception:  # unreadable metadata: the restore of the state reports the checkpoint
+      return {}
 
   def restore_latest_valid(self, abstract_state):
     """Restores the newest checkpoint that reads back; warns about each one that does not.
@@ -77,17 +96,22 @@ class Checkpoints:
                        "remove the directory to start afresh.")
     return None, None
 
-  def check_compatible(self, config) -> None:
-    """Raises InputError when the newest checkpoint was written under an incompatible config."""
+  def check_compatible(self, config, keys: tuple[str, ...], state) -> None:
+    """Raises InputError when the newest checkpoint was written under an incompatible config: one of `keys`
+    differs, or the checkpoint holds the state of other lenses than `state` has."""
     from lensjax.config import resume_conflicts
     step = self.latest_step()
     if step is None:
       return
     try:
-      saved = self.read_meta(step).get("config", {})
+      meta = self.read_meta(step)
     except Exception:  # unreadable metadata: restore_latest_valid reports it
       return
-    conflicts = resume_conflicts(saved, config)
+    conflicts = resume_conflicts(meta.get("config", {}), config, keys)
+    saved_lenses, lenses = meta.get(LENSES_KEY), sorted(state.lens_state)
+    if saved_lenses is not None and saved_lenses != lenses:
+      conflicts.append(f"the lenses with state (checkpoint {', '.join(saved_lenses) or 'none'}, "
+                       f"config {', '.join(lenses) or 'none'})")
     if conflicts:
       raise InputError(f"the checkpoints in {self.directory} come from a different model or setup: "
                        f"{'; '.join(conflicts)}; use a new --workdir, or the checkpoint's values to resume.")
@@ -183,6 +207,11 @@ def _drop_abandoned_write_errors() -> None:
 
   hook.drops_abandoned_writes = True
   sys.unraisablehook = hook
+
+
+def meta_of(config_dict: dict, state) -> dict:
+  """The `meta` item saved beside a state: its config and the names of the lenses whose state it holds."""
+  return {"config": config_dict, LENSES_KEY: sorted(state.lens_state)}
 
 
 def abstract_like(state):

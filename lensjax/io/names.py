@@ -1,4 +1,4 @@
-"""Metric names: expanding per-layer arrays to the flat names of METRICS.md."""
+"""Metric names: expanding per-layer arrays to the flat names of docs/metrics.md."""
 
 from __future__ import annotations
 

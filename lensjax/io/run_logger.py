@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -19,13 +20,8 @@ from lensjax.io.metrics_log import MetricsLog, read_metrics
 from lensjax.io.names import flatten_metrics
 from lensjax.io.progress import Progress
 from lensjax.io.tensorboard import SummaryWriter
+from lensjax.stats import lens as lens_lib
 
-# [L, H] metrics drawn as a layer-by-head heat map on TensorBoard.
-HEAD_HEATMAPS = ("attn/entropy", "eval/attn/entropy")
-# [L] metrics drawn as a layer-by-logging-step heat map, redrawn at every logging step.
-HISTORY_HEATMAPS = ("ffn/active_batch", "ffn/dead", "attn/bypass")
-# Per-unit [L, F] arrays drawn as one histogram per layer.
-UNIT_HISTOGRAMS = {"units/frequency": "ffn/unit_frequency", "units/steps_since_active": "ffn/steps_since_active"}
 MAX_HISTORY_COLUMNS = 400
 
 
@@ -42,32 +38,55 @@ def layer_history(records: list[dict], name: str, num_layers: int) -> list[np.nd
   return [np.array([r[k] for k in keys]) for r in records if all(k in r for k in keys)]
 
 
-def neuron_events(step: int, units: dict) -> list[dict]:
-  """One record per unit that died or revived, with its firing frequency and Adam v̂."""
-  events = []
-  for event in ("died", "revived"):
-    for layer, unit in zip(*np.nonzero(units.get(f"units/{event}", np.zeros((0, 0))))):
-      record = {"step": step, "layer": int(layer), "unit": int(unit), "event": event}
-      for key in ("frequency", "steps_since_active", "adam_v"):
-        if f"units/{key}" in units:
-          record[key] = float(units[f"units/{key}"][layer, unit])
-      events.append(record)
-  return events
+class _Sink:
+  """The HostSink the lenses' host halves write to: TensorBoard images and histograms, event logs."""
+
+  def __init__(self, workdir: str, writer: SummaryWriter, train_records: list[dict], num_layers: int,
+               event_logs: Sequence[str]):
+    self.writer, self.num_layers = writer, num_layers
+    self._train_records, self._history = train_records, {}
+    self._logs = {log: MetricsLog(os.path.join(workdir, f"{log}.jsonl")) for log in event_logs}
+
+  def histogram(self, step, tag, values):
+    self.writer.histogram(step, tag, values)
+
+  def heatmap(self, step, tag, matrix_RxC, top=None):
+    matrix = np.asarray(matrix_RxC, np.float64)
+    self.writer.image(step, tag, heatmap_png(matrix, top=_top(matrix, top)))
+
+  def layer_history_heatmap(self, step, name, vector_L, top=None):
+    """A layer-by-logging-step heat map of `name`, redrawn at every logging step (resumed runs keep theirs)."""
+    if name not in self._history:
+      self._history[name] = layer_history(self._train_records, name, self.num_layers)
+    history = self._history[name]
+    history.append(np.asarray(vector_L, np.float64))
+    columns = np.stack(history[-MAX_HISTORY_COLUMNS:], axis=1)  # [L, logging steps]
+    self.writer.image(step, name + "/heatmap", heatmap_png(columns, cell=(16, 2), top=_top(columns, top)))
+
+  def event(self, log, step, record):
+    self._logs[log].write(step, record)
+
+  def close(self):
+    for log in self._logs.values():
+      log.close()
+
+
+def _top(matrix: np.ndarray, top: float | None) -> float:
+  return float(np.nanmax(matrix, initial=1e-12)) if top is None else top
 
 
 class RunLogger:
 
   def __init__(self, workdir: str, total_steps: int, start_step: int, tokens_per_step: int, flops_per_token: float,
-               progress_mode: str, num_layers: int):
+               progress_mode: str, num_layers: int, lenses: Sequence[lens_lib.Lens] = ()):
     self.is_writer = jax.process_index() == 0
-    self.history = {name: [] for name in HISTORY_HEATMAPS}
+    self.lenses = tuple(lenses)
     if self.is_writer:
       metrics_path = os.path.join(workdir, "metrics.jsonl")
       train_records = [r for r in read_metrics(metrics_path) if "train/loss" in r] if os.path.exists(metrics_path) else []
-      self.history = {name: layer_history(train_records, name, num_layers) for name in HISTORY_HEATMAPS}
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
       self.metrics_log = MetricsLog(metrics_path)
-      self.events_log = MetricsLog(os.path.join(workdir, "neuron_events.jsonl"))
+      self.sink = _Sink(workdir, self.writer, train_records, num_layers, lens_lib.event_logs(self.lenses))
     self.progress = Progress(progress_mode, total_steps, start_step)
     self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
     self._pending: dict[int, tuple[dict, dict]] = {}
@@ -102,20 +121,9 @@ class RunLogger:
       return
     self.writer.scalars(step, metrics)
     self.metrics_log.write(step, metrics)
-    for key, name in UNIT_HISTOGRAMS.items():
-      for layer, row in enumerate(np.asarray(units.get(key, []))):
-        self.writer.histogram(step, f"{name}/layer_{layer}", row)
-    for event in neuron_events(step, units):
-      self.events_log.write(event.pop("step"), event)
-    for name in HEAD_HEATMAPS:
-      if name in raw and np.ndim(raw[name]) == 2:
-        self.writer.image(step, name + "/heatmap", heatmap_png(raw[name]))
-    for name, history in self.history.items():
-      if name in raw and "train/loss" in metrics:
-        history.append(np.asarray(raw[name], np.float64))
-        columns = np.stack(history[-MAX_HISTORY_COLUMNS:], axis=1)  # [L, logging steps]
-        top = 1.0 if name.startswith("ffn/") else float(np.nanmax(columns, initial=1e-12))
-        self.writer.image(step, name + "/heatmap", heatmap_png(columns, cell=(16, 2), top=top))
+    record = {**raw, **units}
+    for lens in self.lenses:
+      lens.write(step, record, self.sink)
 
   def text(self, step: int, tag: str, text: str) -> None:
     if self.is_writer:
@@ -127,4 +135,4 @@ class RunLogger:
     if self.is_writer:
       self.writer.close()
       self.metrics_log.close()
-      self.events_log.close()
+      self.sink.close()

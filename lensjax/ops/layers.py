@@ -47,3 +47,15 @@ def layer_mask(tree: Tree, cfg, layer: int) -> Tree:
       return False
     return (jnp.arange(x.shape[0]) == layer).reshape((-1,) + (1,) * (x.ndim - 1))
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def map_layers(fn, *per_layer):
+  """`fn` applied to each layer's tensors, results stacked along a leading L axis.
+
+  Each argument is what the model captured under one name: a tuple of L arrays
+  (unrolled layers) or one array with a leading L axis (scanned layers).
+  """
+  if isinstance(per_layer[0], (tuple, list)):
+    results = [fn(*tensors) for tensors in zip(*per_layer)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *results)
+  return jax.vmap(fn)(*per_layer)

@@ -10,37 +10,28 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from lensjax.config import ModelConfig, OptimConfig
+from lensjax.ops.adam import bias_corrections, find_adam_state
+from lensjax.ops.layers import layer_trees
+from lensjax.ops.trees import tree_sum
+from lensjax.stats.lens import Lens
 from lensjax.stats.norms import group_sums
 
-F32 = jnp.float32
 
+class AdamLens(Lens):
+  """`adam/g2_over_v/layer_{l}`, `adam/update_grad_cos`, `adam/update_saturated`."""
+  name = "adam"
 
-def find_adam_state(opt_state):
-  """The first `ScaleByAdamState` in the optimiser state, or None."""
-  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
-  found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_adam) if is_adam(s)]
-  return found[0] if found else None
+  def __init__(self, optim_cfg: OptimConfig, model_cfg: ModelConfig):
+    self.optim_cfg, self.model_cfg = optim_cfg, model_cfg
 
-
-def _tree_sum(fn, *trees):
-  """Σ over every coordinate of the elementwise `fn(*leaves)`, in float32."""
-  leaves = zip(*(jax.tree.leaves(tree) for tree in trees))
-  return sum(jnp.sum(fn(*(x.astype(F32) for x in xs)), dtype=F32) for xs in leaves)
-
-
-def adam_lens_for(optim_cfg: OptimConfig, model_cfg: ModelConfig):
-  """A lens giving `adam/g2_over_v/layer_{l}`, `adam/update_grad_cos`, `adam/update_saturated`."""
-  b1, b2, eps = optim_cfg.b1, optim_cfg.b2, optim_cfg.eps
-
-  def adam_lens(view) -> dict:
+  def update(self, state, view):
     adam = find_adam_state(view.opt_state)
     if adam is None:
-      return {}
-    count = adam.count.astype(F32)
-    c1, c2 = 1.0 - b1 ** count, 1.0 - b2 ** count
+      return state, {}
+    model_cfg, eps = self.model_cfg, self.optim_cfg.eps
+    c1, c2 = bias_corrections(adam.count, self.optim_cfg.b1, self.optim_cfg.b2)
     # g is the raw gradient (before clipping, as in train/grad_norm) against the
     # running v̂; when clipping bites the ratio carries the clip factor², e.g.
     # (grad_norm / clip_norm)² at count 1. Over one block mean(g²)/mean(v̂) = Σg²/Σv̂.
@@ -48,31 +39,30 @@ def adam_lens_for(optim_cfg: OptimConfig, model_cfg: ModelConfig):
     v_L = group_sums(lambda nu: nu, model_cfg, adam.nu, scalars=True).blocks_L / c2
     ratio_L = g2.blocks_L / jnp.maximum(v_L, 1e-30)
     metrics = {f"adam/g2_over_v/layer_{l}": ratio_L[l] for l in range(model_cfg.num_layers)}
-    ug = _tree_sum(lambda u, g: -u * g, view.updates, view.grads)
-    uu = _tree_sum(jnp.square, view.updates)
+    ug = tree_sum(lambda u, g: -u * g, view.updates, view.grads)
+    uu = tree_sum(jnp.square, view.updates)
     metrics["adam/update_grad_cos"] = ug / jnp.maximum(jnp.sqrt(uu) * jnp.sqrt(g2.total), 1e-30)
-    saturated = lambda mu, nu: jnp.abs((mu / c1) / (jnp.sqrt(nu / c2) + eps)) > 0.9
+    saturated = lambda mu, nu: (jnp.abs((mu / c1) / (jnp.sqrt(nu / c2) + eps)) > 0.9).astype(jnp.float32)
     size = sum(x.size for x in jax.tree.leaves(adam.mu))
-    metrics["adam/update_saturated"] = _tree_sum(saturated, adam.mu, adam.nu) / size
-    return metrics
-
-  return adam_lens
+    metrics["adam/update_saturated"] = tree_sum(saturated, adam.mu, adam.nu) / size
+    return state, metrics
 
 
-def unit_second_moment_lens_for(optim_cfg: OptimConfig, model_cfg: ModelConfig):
+class UnitSecondMomentLens(Lens):
   """`units/adam_v` [L, F]: per FFN unit, the mean bias-corrected v̂ over its weights in and out."""
-  from lensjax.model import layer_params  # model imports nothing from stats; keep it that way
+  name = "unit_adam_v"
 
-  def lens(view) -> dict:
+  def __init__(self, optim_cfg: OptimConfig, model_cfg: ModelConfig):
+    self.optim_cfg, self.model_cfg = optim_cfg, model_cfg
+
+  def update(self, state, view):
     adam = find_adam_state(view.opt_state)
-    if adam is None or "ffn" not in layer_params(adam.nu, model_cfg)[0]:
-      return {}
-    correction = 1.0 - optim_cfg.b2 ** adam.count.astype(F32)
+    if adam is None or "ffn" not in layer_trees(adam.nu, self.model_cfg)[0]:
+      return state, {}
+    _, correction = bias_corrections(adam.count, self.optim_cfg.b1, self.optim_cfg.b2)
     per_layer = []
-    for ffn in (layer["ffn"] for layer in layer_params(adam.nu, model_cfg)):
+    for ffn in (layer["ffn"] for layer in layer_trees(adam.nu, self.model_cfg)):
       into = [ffn[name]["kernel"].mean(axis=0) for name in ("up", "gate") if name in ffn]  # [D, F] -> [F]
       out = ffn["down"]["kernel"].mean(axis=1)  # [F, D] -> [F]
       per_layer.append((sum(into) + out) / (len(into) + 1))
-    return {"units/adam_v": jnp.stack(per_layer) / correction}
-
-  return lens
+    return state, {"units/adam_v": jnp.stack(per_layer) / correction}

@@ -1,12 +1,10 @@
 """Attention lenses: bypass through the residual, entropy per head, max logit, sink.
 
-The summaries are computed inside the attention layer on the explicit-softmax
-(`xla`) path, where the B×H×T×T probabilities already exist; here they only get
-their names. The fused cuDNN kernel never exposes its probabilities, so with
-`attention=cudnn` the logging step recomputes the forward pass with the `xla`
-path on the first `stats.attention_sub_batch` rows of the batch for the
-entropy, max-logit and sink statistics (the bypass ratio needs no
-probabilities and still covers the whole batch).
+On the explicit-softmax (`xla`) path the model hands over each layer's scores
+and probabilities. The fused cuDNN kernel never forms them, so with
+`attention=cudnn` the lens reruns the forward pass on the `xla` path for the
+first `sub_batch_rows` rows of the batch for the entropy, max-logit and sink
+statistics (the bypass ratio needs no probabilities and covers the whole batch).
 """
 
 from __future__ import annotations
@@ -16,27 +14,43 @@ import dataclasses
 import jax
 
 from lensjax.config import ModelConfig
-from lensjax.model import Transformer
+from lensjax.model import EXPLICIT_ONLY, Transformer
+from lensjax.ops.attention import attention_summaries, residual_ratio
+from lensjax.ops.layers import map_layers
+from lensjax.stats.lens import Lens
 
-_NAMES = {"attn_bypass": "attn/bypass", "attn_entropy": "attn/entropy", "attn_max_logit": "attn/max_logit",
-          "attn_sink": "attn/sink"}
-
-
-def attention_lens(view) -> dict:
-  return {name: view.aux[key] for key, name in _NAMES.items() if key in view.aux}
-
-
-def eval_attention_lens(view) -> dict:
-  return {"eval/" + name: value for name, value in attention_lens(view).items()}
+HEAD_HEATMAP = "attn/entropy"  # [L, H], drawn as a layer-by-head heat map
+HISTORY = "attn/bypass"
 
 
-def sub_batch_attention_lens_for(cfg: ModelConfig, rows: int):
-  """For cuDNN attention: probability-based statistics from an `xla` forward on `rows` rows."""
-  explicit = Transformer(dataclasses.replace(cfg, attention="xla"), collect_stats=True)
+class AttentionLens(Lens):
+  """`attn/bypass`, `attn/max_logit`, `attn/sink` [L] and `attn/entropy` [L, H]."""
+  name = "attention"
 
-  def lens(view) -> dict:
-    inputs, mask = view.batch["inputs"][:rows], view.batch["mask"][:rows]
-    _, aux = explicit.apply({"params": jax.lax.stop_gradient(view.params)}, inputs, mask, return_hidden=True)
-    return {name: aux[key] for key, name in _NAMES.items() if key in aux and key != "attn_bypass"}
+  def __init__(self, cfg: ModelConfig, sub_batch_rows: int | None = None):
+    """`sub_batch_rows`: with cuDNN attention, rows for the probability statistics (None: bypass only)."""
+    self.explicit = cfg.attention != "cudnn"
+    self.needs = frozenset({"block_in", "attn_out"} | (set(EXPLICIT_ONLY) if self.explicit else set()))
+    self.rows = sub_batch_rows
+    self.explicit_model = Transformer(dataclasses.replace(cfg, attention="xla"), capture=EXPLICIT_ONLY)
 
-  return lens
+  def update(self, state, view):
+    mask_BxT = view.batch["mask"]
+    captured = view.captured
+    metrics = {"attn/bypass": map_layers(lambda y, x: residual_ratio(y, x, mask_BxT), captured["attn_out"],
+                                         captured["block_in"])}
+    if not self.explicit and self.rows:
+      mask_BxT = mask_BxT[:self.rows]
+      _, captured = self.explicit_model.apply({"params": jax.lax.stop_gradient(view.params)},
+                                              view.batch["inputs"][:self.rows], mask_BxT, return_hidden=True)
+    if self.explicit or self.rows:
+      summaries = map_layers(lambda z, p: attention_summaries(z, p, mask_BxT), captured["attn_logits"],
+                             captured["attn_probs"])
+      metrics.update({f"attn/{key}": value for key, value in summaries.items()})
+    return state, metrics
+
+  def write(self, step, record, sink, prefix=""):
+    if prefix + HEAD_HEATMAP in record:
+      sink.heatmap(step, prefix + HEAD_HEATMAP + "/heatmap", record[prefix + HEAD_HEATMAP], top=1.0)
+    if not prefix and HISTORY in record:
+      sink.layer_history_heatmap(step, HISTORY, record[HISTORY])

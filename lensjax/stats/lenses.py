@@ -1,33 +1,46 @@
-"""Which lenses each step variant carries.
+"""Which lenses each step variant carries: one registration line per lens.
 
-A lens is a pure function `StepView -> {metric name: array}` (see
-`lensjax.train.step`). The plain step carries none; the logging step and the
-held-out evaluation carry the ones listed here.
+The plain step runs the `every_step` ones of `train_lenses`; the logging step
+all of them; the held-out evaluation and the probe batch theirs, under
+`eval/` and `probe/` names.
 """
 
 from __future__ import annotations
 
 from lensjax.config import Config
-from lensjax.stats import adam, attention, entropy, norms, sparsity
+from lensjax.model import has_attention, has_ffn
+from lensjax.stats.adam import AdamLens, UnitSecondMomentLens
+from lensjax.stats.attention import AttentionLens
+from lensjax.stats.dead_units import DeadUnitsLens
+from lensjax.stats.entropy import TokenEntropyLens
+from lensjax.stats.lens import Lens, Renamed
+from lensjax.stats.norms import NormLens
+from lensjax.stats.sparsity import ActivityLens
+from lensjax.stats.spikes import SpikeLens
 
 
-def train_lenses(config: Config, source) -> tuple:
-  return (sparsity.activity_lens, attention.attention_lens, entropy.token_entropy_lens,
-          norms.norm_lens_for(config.model), adam.adam_lens_for(config.optim, config.model),
-          adam.unit_second_moment_lens_for(config.optim, config.model)) + _cudnn_attention(config)
+def train_lenses(config: Config) -> tuple[Lens, ...]:
+  m, s, o = config.model, config.stats, config.optim
+  lenses = [SpikeLens(s.spike_window, s.spike_k)]
+  if has_ffn(m):
+    lenses += [DeadUnitsLens(m.num_layers, m.d_ff, s.dead_window, m.active_threshold),
+               ActivityLens(m.active_threshold)]
+  if has_attention(m):
+    lenses.append(AttentionLens(m, s.attention_sub_batch))
+  lenses += [TokenEntropyLens(), NormLens(m), AdamLens(o, m), UnitSecondMomentLens(o, m)]
+  return tuple(lenses)
 
 
-def eval_lenses(config: Config, source) -> tuple:
-  return (sparsity.eval_activity_lens, attention.eval_attention_lens, entropy.eval_token_entropy_lens)
+def eval_lenses(config: Config) -> tuple[Lens, ...]:
+  return tuple(Renamed("eval/", lens) for lens in _activity_and_attention(config) + (TokenEntropyLens(),))
 
 
-def probe_lenses(config: Config, source) -> tuple:
+def probe_lenses(config: Config) -> tuple[Lens, ...]:
   """Activity and attention statistics of the fixed probe batch, under `probe/` names."""
-  rename = lambda lens: lambda view: {"probe/" + k: v for k, v in lens(view).items()}
-  return (rename(sparsity.activity_lens), rename(attention.attention_lens))
+  return tuple(Renamed("probe/", lens) for lens in _activity_and_attention(config))
 
 
-def _cudnn_attention(config: Config) -> tuple:
-  if config.model.attention != "cudnn":
-    return ()
-  return (attention.sub_batch_attention_lens_for(config.model, config.stats.attention_sub_batch),)
+def _activity_and_attention(config: Config) -> tuple[Lens, ...]:
+  m = config.model
+  return ((ActivityLens(m.active_threshold, with_units=False),) if has_ffn(m) else ()) + (
+      (AttentionLens(m),) if has_attention(m) else ())

@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from lensjax.config import ModelConfig
+from lensjax.ops.arrays import F32
+from lensjax.ops.layers import SCANNED, top_name
+from lensjax.stats.lens import Lens
 
-F32 = jnp.float32
 EMBEDDINGS = ("embed", "pos_embed", "unembed")  # top-level modules counted as embeddings
 
 
@@ -37,8 +39,8 @@ def group_sums(fn, cfg: ModelConfig, *trees, scalars: bool = False) -> GroupSums
   paths_and_leaves = jax.tree_util.tree_leaves_with_path(trees[0])
   other_leaves = [jax.tree.leaves(tree) for tree in trees[1:]]
   for i, (path, leaf) in enumerate(paths_and_leaves):
-    top = getattr(path[0], "key", str(path[0]))
-    scanned = cfg.scan_layers and top == "layers"
+    top = top_name(path)
+    scanned = cfg.scan_layers and top == SCANNED
     if not scalars and leaf.ndim - scanned == 0:
       continue
     value = fn(leaf.astype(F32), *(leaves[i].astype(F32) for leaves in other_leaves))
@@ -61,10 +63,15 @@ def _cos(dot, sq_a, sq_b):
   return dot / jnp.maximum(jnp.sqrt(sq_a) * jnp.sqrt(sq_b), 1e-30)
 
 
-def norm_lens_for(cfg: ModelConfig):
-  """A lens giving `norm/params` (total, `/layer_{l}`, `/embed`), `norm/update`, `norm/cos_step`, `norm/alignment`."""
+class NormLens(Lens):
+  """`norm/params` (total, `/layer_{l}`, `/embed`), `norm/update`, `norm/cos_step`, `norm/alignment`."""
+  name = "norms"
 
-  def norm_lens(view) -> dict:
+  def __init__(self, cfg: ModelConfig):
+    self.cfg = cfg
+
+  def update(self, state, view):
+    cfg = self.cfg
     tt = group_sums(lambda t: t * t, cfg, view.params)
     dd = group_sums(lambda d: d * d, cfg, view.updates).total
     td = group_sums(lambda t, d: t * d, cfg, view.params, view.updates).total
@@ -74,6 +81,4 @@ def norm_lens_for(cfg: ModelConfig):
                "norm/alignment": _cos(td, dd, tt.total)}
     # Separate scalar keys: an [L] vector under `norm/params` would clash with the total.
     metrics.update({f"norm/params/layer_{l}": jnp.sqrt(tt.blocks_L[l]) for l in range(cfg.num_layers)})
-    return metrics
-
-  return norm_lens
+    return state, metrics

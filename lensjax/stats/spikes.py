@@ -6,7 +6,7 @@ by more than k median absolute deviations,
     spike(t)  ⇔  L_t > median(L_{t−W..t−1}) + k · max(MAD, MAD_FLOOR·|median|),
 
 and a non-finite loss is always one. The window is a ring buffer of arrays in
-the train state (`SpikeWindow`), so `update` is pure and jit-able and a
+the lens's state (`SpikeWindow`), so `update` is pure and jit-able and a
 resumed run judges exactly as an uninterrupted one. Only finite losses enter
 the window, and only once it holds W of them does anything count as a spike.
 The offline detector (`lensjax.analysis.spikes`) runs this same `update` over
@@ -19,7 +19,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-F32 = jnp.float32
+from lensjax.ops.arrays import F32
+from lensjax.stats.lens import Lens
+
 # A constant loss has MAD 0; without a floor any rounding wobble above it would count as a spike.
 MAD_FLOOR = 1e-3
 
@@ -53,3 +55,24 @@ def update(window: SpikeWindow, loss) -> tuple[SpikeWindow, jax.Array]:
   slot = window.count % W
   losses_W = jnp.where(finite, window.losses_W.at[slot].set(loss), window.losses_W)
   return window.replace(losses_W=losses_W, count=window.count + finite.astype(jnp.int32)), detected
+
+
+class SpikeLens(Lens):
+  """`spike/detected`, `spike/count`, `spike/last_step` on every step."""
+  name = "spikes"
+  every_step = True
+  resume_keys = ("stats.spike_window",)  # the window's length is an array shape in the state
+
+  def __init__(self, window: int, k: float):
+    self.window, self.k = window, k
+
+  def init(self, params):
+    return {"window": spike_window(self.window, self.k), "count": jnp.zeros((), jnp.int32),
+            "last_step": jnp.full((), -1, jnp.int32)}
+
+  def update(self, state, view):
+    window, spiked = update(state["window"], view.loss)
+    count = state["count"] + spiked.astype(jnp.int32)
+    last_step = jnp.where(spiked, view.step, state["last_step"])
+    metrics = {"spike/detected": spiked.astype(F32), "spike/count": count, "spike/last_step": last_step}
+    return {"window": window, "count": count, "last_step": last_step}, metrics

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -20,16 +21,17 @@ from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.data.factory import make_source
 from lensjax.errors import TrainingHalted
-from lensjax.io.checkpoints import Checkpoints, abstract_like
+from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
 from lensjax.io.metrics_log import truncate_after
 from lensjax.io.run_logger import RunLogger
-from lensjax.model import Transformer
+from lensjax.model import has_ffn
 from lensjax.signals import SigtermFlag
 from lensjax.stats import lenses as lens_lib
-from lensjax.stats.sparsity import jaccard
+from lensjax.stats.lens import Lens, event_logs, resume_keys
+from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
-from lensjax.train.state import create_state
-from lensjax.train.step import eval_step, jit_train_step
+from lensjax.train.state import create_state, from_legacy, legacy_layout
+from lensjax.train.step import eval_step, jit_train_step, model_for
 
 
 def platform() -> str:
@@ -52,44 +54,50 @@ class Run:
   plain_step: object
   logging_step: object
   eval_fn: object
-  overlap_fn: object
+  overlap_fn: object | None  # None without FFN
   probe_fn: object
   schedule: object
+  lenses: tuple[Lens, ...]  # train, eval and probe lenses: their host halves write the fetched records
+
+
+# An analysis run after a step, every `every` steps: `make(run)` builds `fn(state, batch, step) -> metrics`.
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+  every: int
+  make: Callable[[Run], Callable]
 
 
 def build(config: config_lib.Config, mesh=None) -> Run:
   """Builds source, model, optimiser, initial state and compiled steps."""
   mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
   source = make_source(config)
-  model_plain = Transformer(config.model, collect_stats=False)
-  model_stats = Transformer(config.model, collect_stats=True)
+  train_lenses, eval_lenses = lens_lib.train_lenses(config), lens_lib.eval_lenses(config)
+  probe_lenses = lens_lib.probe_lenses(config)
+  every_step = tuple(lens for lens in train_lenses if lens.every_step)
+  model_plain, model_logging = model_for(config.model, every_step), model_for(config.model, train_lenses)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  init = lambda: create_state(model_plain, tx, config.model, config.data.seq_len, config.train.seed,
-                              config.stats.spike_window, config.stats.spike_k)
+  init = lambda: create_state(model_plain, tx, config.data.seq_len, config.train.seed, train_lenses)
   state_sharding = parallel.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sharding)()
-  common = dict(tx=tx, schedule=schedule, dead_window=config.stats.dead_window)
-  plain = jit_train_step(state_sharding, batch_sharding, replicated, model=model_plain, **common)
-  logging = jit_train_step(state_sharding, batch_sharding, replicated, model=model_stats,
-                           lenses=lens_lib.train_lenses(config, source), **common)
-  eval_fn = jax.jit(lambda p, b: eval_step(p, b, model=model_stats, lenses=lens_lib.eval_lenses(config, source)),
-                    in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
-  overlap_fn = jax.jit(functools.partial(heldout_overlap, model=model_plain), out_shardings=replicated)
-  probe_fn = jax.jit(lambda p, b: eval_step(p, b, model=model_stats, lenses=lens_lib.probe_lenses(config, source),
-                                           loss_name="probe/loss"),
-                     in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
-  return Run(config, source, mesh, state, plain, logging, eval_fn, overlap_fn, probe_fn, schedule)
+  common = dict(tx=tx, schedule=schedule, nan_policy=config.train.nan_policy)
+  plain = jit_train_step(state_sharding, batch_sharding, replicated, model=model_plain, lenses=every_step, **common)
+  logging = jit_train_step(state_sharding, batch_sharding, replicated, model=model_logging, lenses=train_lenses,
+                           logging=True, **common)
+  evaluation = lambda lenses, name: jax.jit(
+      functools.partial(eval_step, model=model_for(config.model, lenses), lenses=lenses, loss_name=name),
+      in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
+  overlap_fn = None
+  if has_ffn(config.model):
+    overlap_fn = jax.jit(functools.partial(heldout_overlap, model=model_for(config.model, every_step)),
+                         out_shardings=replicated)
+  return Run(config, source, mesh, state, plain, logging, evaluation(eval_lenses, "eval/loss"), overlap_fn,
+             evaluation(probe_lenses, "probe/loss"), schedule, train_lenses + eval_lenses + probe_lenses)
 
 
-def heldout_overlap(params, train_batch, heldout_batch, *, model) -> dict:
-  """Jaccard overlap of the units active on a training and a held-out batch, per layer."""
-  _, train_aux = model.apply({"params": params}, train_batch["inputs"], train_batch["mask"])
-  _, heldout_aux = model.apply({"params": params}, heldout_batch["inputs"], heldout_batch["mask"])
-  if "ffn_unit_active" not in train_aux:
-    return {}
-  return {"ffn/active_overlap_heldout": jaccard(train_aux["ffn_unit_active"], heldout_aux["ffn_unit_active"])}
-
+def resume_config_keys(run: Run) -> tuple[str, ...]:
+  """The config keys a checkpoint must share with this run: the state's own and those of its lenses."""
+  return config_lib.STATE_KEYS + resume_keys(run.lenses)
 
 
 def halt_message(run: Run, state, checkpoints: Checkpoints) -> str:
@@ -136,7 +144,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _batch(run: Run, step: int, split: str = "train"):
+def device_batch(run: Run, step: int, split: str = "train"):
+  """Batch `step` of `split`, this process's rows, placed on the mesh."""
   local = run.source.batch(step, run.config.train.batch_size, split=split,
                            process_index=jax.process_index(), process_count=jax.process_count())
   return parallel.shard_batch(local, run.mesh)
@@ -149,10 +158,11 @@ def evaluate(run: Run, state, train_batch) -> dict:
   held-out overlap compares the units active on this step's training batch
   with those active on held-out batch 0, of the same size.
   """
-  heldout = [_batch(run, i, split="heldout") for i in range(run.config.logging.eval_batches)]
+  heldout = [device_batch(run, i, split="heldout") for i in range(run.config.logging.eval_batches)]
   results = [run.eval_fn(state.params, b) for b in heldout]
   scalars = jax.tree.map(lambda *xs: sum(xs) / len(xs), *results)
-  scalars.update(run.overlap_fn(state.params, train_batch, heldout[0]))
+  if run.overlap_fn is not None:
+    scalars.update(run.overlap_fn(state.params, train_batch, heldout[0]))
   return scalars
 
 
@@ -177,7 +187,7 @@ def probe_batch(run: Run):
 
 def compile_steps(run: Run, state):
   """Compiles both step variants ahead of time, so that no step of the loop compiles."""
-  batch = _batch(run, 0)
+  batch = device_batch(run, 0)
   compiled = []
   for name, fn in (("plain", run.plain_step), ("logging", run.logging_step)):
     start = time.perf_counter()
@@ -186,63 +196,22 @@ def compile_steps(run: Run, state):
   return compiled
 
 
-def periodic_analyses(run: Run) -> list[tuple[int, object]]:
-  """The analyses that run every N steps on the state after a step: `(N, fn(state, batch, step) -> metrics)`.
-
-  They are separate compiled functions, so they cost nothing on other steps.
-  """
-  config, analyses = run.config, []
-  if config.stats.saturation_every:
-    from lensjax.analysis.saturation import make_saturation_fn
-    # A few rows: the saturated network's probabilities of every layer are live at once.
-    saturation = make_saturation_fn(config.model, rows=min(config.train.batch_size, 8))
-    heldout = _batch(run, 0, split="heldout")  # fixed, so the series is comparable over training (as the CLI)
-    analyses.append((config.stats.saturation_every, lambda state, batch, step: saturation(state.params, heldout)))
-  if config.logging.entropy_every:
-    from lensjax.analysis.entropy import periodic_entropy_metrics
-    key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0xE7)
-    analyses.append((config.logging.entropy_every, lambda state, batch, step: periodic_entropy_metrics(
-        state.params, config, run.source, jax.random.fold_in(key, step))))
-  if config.stats.hessian_every:
-    analyses.append((config.stats.hessian_every, hessian_analysis(run)))
-  return analyses
-
-
-def hessian_analysis(run: Run):
-  """`hessian/*` at the state after a step, on that step's batch, at the next step's learning rate.
-
-  The power iterations start from the previous measurement's eigenvectors
-  (held here, on device): a resumed run starts its first measurement cold,
-  with three times the iterations.
-  """
-  from lensjax.analysis import hvp
-  config, vectors = run.config, {}
-  loss_fn = hvp.make_loss_fn(config.model)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0x4E55)
-  iters = config.stats.hessian_power_iters
-
-  def analysis(state, batch, step):
-    warm = vectors.get("last")
-    metrics, vectors["last"] = hvp.hessian_metrics(
-        state.params, batch, state.opt_state, config, run.schedule(step + 1), jax.random.fold_in(key, step), warm,
-        power_iters=iters if warm is not None else 3 * iters, trace_probes=config.stats.hessian_trace_probes,
-        loss_fn=loss_fn)
-    return metrics
-  return analysis
-
-
-def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None) -> object:
+def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None,
+          periodic: Sequence[Periodic] = ()) -> object:
   """Trains (or resumes) into `workdir`; returns the final train state.
 
   `stop_at_step` interrupts the run as a preemption would: a checkpoint at that
-  step, then return (the schedule still spans `train.steps`).
+  step, then return (the schedule still spans `train.steps`). `periodic`: the
+  analyses to run every so many steps, as separate compiled functions, so they
+  cost nothing on other steps (`lensjax.runner` chooses them from the config).
   """
   config = prepare(config)
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save,
-                            config.checkpoint.keep_every, cleanup_unfinished=True)
-  checkpoints.check_compatible(config)
+                            config.checkpoint.keep_every, cleanup_unfinished=True,
+                            migrate=(legacy_layout, from_legacy))
   run = build(config)
+  checkpoints.check_compatible(config, resume_config_keys(run), run.state)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
@@ -250,7 +219,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
     # Steps from start_step on are logged again; without a checkpoint (a run killed before its first save)
     # that is every step.
     dropped = truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step - 1)
-    truncate_after(os.path.join(workdir, "neuron_events.jsonl"), start_step - 1)
+    for log in event_logs(run.lenses):
+      truncate_after(os.path.join(workdir, f"{log}.jsonl"), start_step - 1)
     if restored is not None:
       _log(f"resuming from the checkpoint at step {start_step} in {checkpoints.directory}"
            + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
@@ -262,13 +232,13 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   _log(perf_line)
   logger = RunLogger(workdir, config.train.steps, start_step, config.train.batch_size * config.data.seq_len,
                      perf.flops_per_token(state.params, config.model, config.data.seq_len), config.logging.progress,
-                     config.model.num_layers)
+                     config.model.num_layers, run.lenses)
   logger.text(start_step, "run/config", "```json\n" + json.dumps(config_lib.to_dict(config), indent=2) + "\n```")
   logger.text(start_step, "run/perf", perf_line)
 
   total = config.train.steps
   log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
-  meta = {"config": config_lib.to_dict(config)}
+  meta = meta_of(config_lib.to_dict(config), state)
   halting = config.train.nan_policy == "halt"
 
   def check_finite(skipped: float) -> None:
@@ -277,7 +247,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
 
   saved_step = start_step
   probe = probe_batch(run)
-  periodic = periodic_analyses(run)
+  periodic = [(analysis.every, analysis.make(run)) for analysis in periodic]
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
     parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
@@ -288,7 +258,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
         _log(f"{'SIGTERM' if preempted else 'stop requested'}: saving a checkpoint at step {step}")
         break
       is_log = step % log_every == 0 or step == total - 1
-      batch = _batch(run, step)
+      batch = device_batch(run, step)
       state, metrics = (logging_step if is_log else plain_step)(state, batch)
       check_finite(logger.flush())  # the previous records, now that this step is queued
       if is_log:

@@ -25,7 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-F32 = jnp.float32
+from lensjax.ops.arrays import F32
+from lensjax.ops.distributions import entropy_of_probs, kl_of_probs
 
 # Chunks hold at most this many float32 logits (512 MiB).
 MAX_CHUNK_LOGITS = 2**27
@@ -54,10 +55,8 @@ def _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size: int, with_e
     out["entropy"] = logz_BxC - jnp.sum(e_BxCxV * z_BxCxV, axis=-1) / sum_e_BxC
   if p_BxCxV is not None:
     log_q_BxCxV = z_BxCxV[..., :vocab_size] - logz_BxC[..., None]
-    positive = p_BxCxV > 0
-    log_p_BxCxV = jnp.log(jnp.where(positive, p_BxCxV, 1.0))
-    out["target_entropy"] = -jnp.sum(jnp.where(positive, p_BxCxV * log_p_BxCxV, 0.0), axis=-1)
-    out["kl"] = jnp.sum(jnp.where(positive, p_BxCxV * (log_p_BxCxV - log_q_BxCxV), 0.0), axis=-1)
+    out["target_entropy"] = entropy_of_probs(p_BxCxV)
+    out["kl"] = kl_of_probs(p_BxCxV, log_q_BxCxV)
   return out, e_BxCxV / sum_e_BxC[..., None]
 
 
@@ -137,7 +136,3 @@ def _fused_backward(vocab_size, with_entropy, max_chunk_logits, residuals, cotan
 
 
 _fused.defvjp(_fused_forward, _fused_backward)
-
-
-def masked_token_mean(x_BxT, mask_BxT):
-  return jnp.sum(x_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
