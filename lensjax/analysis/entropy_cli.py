@@ -21,7 +21,7 @@ def run(args, extra: list[str]) -> int:
     raise InputError(f"--samples {args.samples} is too few for a standard error; pass at least 2.")
   if args.max_enumerate < 1:
     raise InputError(f"--max-enumerate {args.max_enumerate} must be positive.")
-  loaded = common.load_run(args.workdir, args.step)
+  loaded = common.load_checkpoint_run(args.workdir, args.step)
   evaluator = entropy.SequenceEntropy(loaded.config.model, loaded.run.source)
   results = evaluator.evaluate(loaded.params, entropy.analysis_key(loaded.config, loaded.step), method=args.method,
                                samples=args.samples, max_enumerate=args.max_enumerate)
