@@ -3,8 +3,9 @@
 Row groups (`--only train,hvp,entropy,sampler`, default all):
   train    the plain and the logging train step, on batch 0;
   hvp      one gradient and one Hessian-vector product of the plain loss of
-           `analysis/hvp.py` (float32, explicit-softmax attention, precision
-           highest) on batch 0, in micro-batches whose logits fit 2 GiB;
+           `lensjax/hessian/operators.py` (float32, explicit-softmax
+           attention, precision highest) on batch 0, in micro-batches whose
+           logits fit 2 GiB;
   entropy  the exact-enumeration pass of `analysis/entropy.py`: all V^T
            prefixes when `auto` would enumerate them, else one chunk of
            prefixes, the unit of work the exact pass repeats;
@@ -106,7 +107,7 @@ def forward_flops_per_token(params, cfg: config_lib.ModelConfig, seq_len: int) -
 def bench_train_steps(run: loop.Run, steps: int, warmup: int = WARMUP) -> list[dict]:
   """The plain and the logging train step on batch 0 (they donate `run.state`: it is gone afterwards)."""
   config = run.config
-  batch = loop._batch(run, 0)
+  batch = loop.device_batch(run, 0)
   state_holder = [run.state]
   T = config.data.seq_len
   flops_token = perf.flops_per_token(run.state.params, config.model, T)
@@ -139,30 +140,31 @@ def micro_batches(batch_size: int, seq_len: int, vocab: int, budget: int = MICRO
 
 def _hvp_setup(config: config_lib.Config):
   """Float32 parameters of the plain model (fresh init), batch 0 sharded over the mesh, a random tangent."""
-  from lensjax.analysis import hvp
   from lensjax.data.factory import make_source
+  from lensjax.hessian.operators import plain_batch, plain_model_config
   from lensjax.model import Transformer
+  from lensjax.ops.trees import tree_random_normal
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
   local = make_source(config).batch(0, config.train.batch_size, process_index=jax.process_index(),
                                     process_count=jax.process_count())
-  batch = hvp.plain_batch(parallel.shard_batch(local, mesh))
-  model = Transformer(hvp.plain_model_config(config.model))
+  batch = plain_batch(parallel.shard_batch(local, mesh))
+  model = Transformer(plain_model_config(config.model))
   init = jax.jit(lambda key: model.init(key, batch["inputs"][:1])["params"], out_shardings=parallel.replicated(mesh))
   params = init(jax.random.PRNGKey(config.train.seed))
-  tangent = jax.jit(hvp.tree_random_normal)(jax.random.PRNGKey(1), params)
+  tangent = jax.jit(tree_random_normal)(jax.random.PRNGKey(1), params)
   return params, batch, tangent
 
 
 def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_micro: int | None = None) -> list[dict]:
   """A gradient and a Hessian-vector product of the plain loss on batch 0, over the same micro-batches."""
-  from lensjax.analysis import hvp
+  from lensjax.hessian import operators
   params, batch, tangent = _hvp_setup(config)
   B, T = batch["inputs"].shape
   n = num_micro or micro_batches(B, T, config.model.vocab_size)
-  loss_fn = hvp.make_loss_fn(config.model)
+  loss_fn = operators.make_loss_fn(config.model)
   gradient_flops = perf.flops_per_token(params, config.model, T)
-  programs = (("gradient (plain loss)", hvp._value_and_grad_jit, (params, batch), gradient_flops),
-              ("HVP (plain loss)", hvp._hvp_jit, (params, batch, tangent), 3 * gradient_flops))
+  programs = (("gradient (plain loss)", operators.value_and_grad_program, (params, batch), gradient_flops),
+              ("HVP (plain loss)", operators.hvp_program, (params, batch, tangent), 3 * gradient_flops))
   rows = []
   for name, fn, args, flops_token in programs:
     compiled, compile_s = _compile(fn, loss_fn, *args, num_micro=n)

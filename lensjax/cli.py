@@ -16,11 +16,11 @@ from lensjax.errors import CheckpointWriteError, InputError, TrainingHalted
 def _train(args, extra: list[str]) -> int:
   from lensjax import config as config_lib
   from lensjax import parallel
-  from lensjax.train import loop
+  from lensjax import runner
   config = config_lib.load_config_file(args.config)
   parallel.initialize_distributed()
   config = config_lib.apply_overrides(config, config_lib.parse_override_args(extra))
-  loop.train(config, args.workdir)
+  runner.train(config, args.workdir)
   return 0
 
 

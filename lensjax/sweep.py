@@ -165,7 +165,7 @@ def run_members(members: list[Member], workdir: str) -> list[dict]:
 
 def _run_members(members: list[Member], workdir: str, stop: SigtermFlag) -> list[dict]:
   import jax
-  from lensjax.train import loop
+  from lensjax import runner
   records = []
   for number, member in enumerate(members, 1):
     if stop.requested:
@@ -179,7 +179,7 @@ def _run_members(members: list[Member], workdir: str, stop: SigtermFlag) -> list
       records.append(done)
       continue
     print(f"sweep: member {number}/{len(members)} {member.name} -> {member_dir}", file=sys.stderr, flush=True)
-    state = loop.train(member.config, member_dir)
+    state = runner.train(member.config, member_dir)
     stopped_at = int(jax.device_get(state.step))
     if stopped_at < member.config.train.steps:  # SIGTERM: train saved a checkpoint; so does the sweep, by stopping
       print(f"sweep: {member.name} stopped at step {stopped_at}; stopping the sweep (run it again to resume)",

@@ -210,10 +210,11 @@ def tiny_entropy_config():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
   """A finished tiny run; test_sweep imports this fixture, so one training serves both files."""
+  from lensjax import runner
   from lensjax.train import loop
   workdir = str(tmp_path_factory.mktemp("entropy_run"))
   config = tiny_entropy_config()
-  state = loop.train(config, workdir)
+  state = runner.train(config, workdir)
   return workdir, loop.prepare(config), state
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from lensjax import cli
+from lensjax import cli, runner
 from lensjax.analysis import spikes
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.metrics_log import read_metrics
@@ -63,7 +63,7 @@ def spiking_config(**overrides):
 def train(tmp_path_factory, name, **overrides):
   workdir = str(tmp_path_factory.mktemp(name))
   config = spiking_config(**overrides)
-  loop.train(config, workdir)
+  runner.train(config, workdir)
   return workdir, loop.prepare(config)
 
 

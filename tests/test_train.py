@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +23,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import NUM_DEVICES, popen_cli, run_cli, write_config_file
 from lensjax import config as config_lib
 from lensjax import parallel
+from lensjax.errors import InputError
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.metrics_log import read_metrics
 from lensjax.train import loop
+from lensjax.train.state import legacy_layout
 
 
 def golden_config() -> config_lib.Config:
@@ -180,6 +184,41 @@ def test_resume_from_step_10_equals_the_straight_run(straight, tmp_path):
   resumed_state = loop.train(CONFIG, workdir)
   assert_states_equal(resumed_state, straight_state)
   assert logged_metrics(workdir) == logged_metrics(straight_dir)
+
+
+def test_a_checkpoint_in_the_layout_before_lens_states_resumes_exactly(straight, tmp_path):
+  """Checkpoints written before the lenses owned their state kept it in TrainState fields of its own
+  (unit_last_active, loss_window, ...) and named no lenses in their meta: they restore and resume bit for bit."""
+  straight_dir, straight_state = straight
+  workdir = str(tmp_path / "run")
+  state = loop.train(CONFIG, workdir, stop_at_step=10)
+  config_dict = config_lib.to_dict(loop.prepare(CONFIG))
+  legacy = legacy_layout(host(state))
+  assert {"unit_last_active", "dead_at_last_log", "loss_window", "spike_count", "last_spike_step"} <= set(legacy)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "10"))
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10, async_save=False)
+  try:
+    checkpoints.save(10, legacy, {"config": config_dict})  # the old meta: the config alone
+    checkpoints.wait()
+  finally:
+    checkpoints.close()
+  resumed_state = loop.train(CONFIG, workdir)
+  assert_states_equal(resumed_state, straight_state)
+  assert logged_metrics(workdir) == logged_metrics(straight_dir)
+
+
+def test_resume_refuses_a_checkpoint_that_holds_other_lenses_state(tmp_path):
+  config = loop.prepare(CONFIG)
+  checkpoints = Checkpoints(str(tmp_path / "checkpoints"), keep=2, async_save=False)
+  try:
+    checkpoints.save(4, {"step": np.int32(4)}, {"config": config_lib.to_dict(config), "lenses": ["spikes"]})
+    checkpoints.wait()
+    state_with_more = types.SimpleNamespace(lens_state={"dead_units": {}, "spikes": {}})
+    with pytest.raises(InputError, match=r"the lenses with state \(checkpoint spikes, config dead_units, spikes\)"):
+      checkpoints.check_compatible(config, config_lib.STATE_KEYS, state_with_more)
+    checkpoints.check_compatible(config, config_lib.STATE_KEYS, types.SimpleNamespace(lens_state={"spikes": {}}))
+  finally:
+    checkpoints.close()
 
 
 def test_tensorboard_and_metrics_log_hold_every_logged_step(straight):

@@ -3,7 +3,8 @@
 `lensjax <analysis> --workdir DIR [--step N] [--json]` loads the resolved
 config from DIR/config.json and the train state of checkpoint N (default: the
 newest readable one), prints a human summary (or one JSON object with
---json), and logs its scalars to the run's TensorBoard under METRICS.md names.
+--json), and logs its scalars to the run's TensorBoard under the names of
+docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lensjax.io.tensorboard import SummaryWriter
 
 @dataclasses.dataclass
 class LoadedRun:
+  """A run directory's config, its compiled run and one restored checkpoint: what an analysis works on."""
   workdir: str
   config: config_lib.Config
   run: object  # lensjax.train.loop.Run: source, mesh, compiled steps, schedule
@@ -35,14 +37,15 @@ class LoadedRun:
     return self.state.params
 
 
-def load_run(workdir: str, step: int | None = None) -> LoadedRun:
-  """Restores checkpoint `step` (default: newest readable) of a run directory."""
+def load_checkpoint_run(workdir: str, step: int | None = None) -> LoadedRun:
+  """The run of `workdir` rebuilt from its config.json, with checkpoint `step` (default: newest readable) restored."""
   from lensjax.train import loop  # heavy import, only when an analysis runs
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
     raise InputError(f"{workdir!r} holds no config.json; pass the --workdir of a lensjax train run.")
   config = loop.prepare(config_lib.load_json(config_path))
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False)
+  from lensjax.train.state import MIGRATE
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE)
   try:
     steps = checkpoints.steps()
     if not steps:

@@ -21,8 +21,6 @@ import argparse
 import math
 import os
 
-import numpy as np
-
 from lensjax.analysis import common
 from lensjax.errors import InputError
 
@@ -52,71 +50,50 @@ def _check_arguments(args, extra: list[str]) -> None:
       raise InputError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be at least {low}.")
 
 
-def density_png(nodes, weights, path: str, title: str) -> str:
-  """The SLQ density, each Ritz value broadened by a Gaussian, on a symmetric-log axis."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
-  span = max(float(np.max(np.abs(nodes))), 1e-12)
-  grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, 2000)
-  width = 0.01 * span
-  density = (weights[None, :] * np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / width) ** 2)).sum(1)
-  density /= width * math.sqrt(2 * math.pi)
-  figure = Figure(figsize=(7, 3.5))
-  axes = figure.subplots()
-  axes.semilogy(grid, np.maximum(density, 1e-12), color="tab:blue")
-  axes.set_ylim(bottom=max(1e-8, float(density.max()) * 1e-8))
-  axes.set_xlabel("eigenvalue of H")
-  axes.set_ylabel("density (SLQ)")
-  axes.set_title(title)
-  figure.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  figure.savefig(path, dpi=110)
-  return path
-
-
 def handler(args, extra: list[str]) -> int:
   _check_arguments(args, extra)
   import jax  # pylint: disable=import-outside-toplevel  # heavy: only once the arguments are good
-  from lensjax.analysis import hvp  # pylint: disable=import-outside-toplevel
-  from lensjax.train import loop  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from lensjax.hessian.metrics import hessian_core, initial_vectors, optim_spec
+  from lensjax.hessian.operators import make_loss_fn, plain_batch
+  from lensjax.hessian.spectrum import slq, top_eigenpair
+  from lensjax.ops.layers import layer_mask
+  from lensjax.report.figures_hessian import spectral_density_figure
+  from lensjax.train import loop
 
-  loaded = common.load_run(args.workdir, args.step)
+  loaded = common.load_checkpoint_run(args.workdir, args.step)
   config, params, step = loaded.config, loaded.params, loaded.step
   if config.train.batch_size % args.micro_batches:
     raise InputError(f"--micro-batches {args.micro_batches} does not divide train.batch_size "
                      f"{config.train.batch_size}; pick a divisor.")
-  batch = hvp.plain_batch(loop._batch(loaded.run, step))
-  loss_fn = hvp.make_loss_fn(config.model)
+  batch = plain_batch(loop.device_batch(loaded.run, step))
+  loss_fn = make_loss_fn(config.model)
   key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step)
   micro = args.micro_batches
-  vectors = hvp.initial_vectors(params, key)
-  metrics, _, residuals = hvp.hessian_core(
-      loss_fn, params, batch, loaded.state.opt_state, loaded.run.schedule(step), key, vectors,
-      optim=hvp._spec(config.optim), power_iters=args.power_iters, trace_probes=args.trace_probes, num_micro=micro)
+  metrics, _, residuals = hessian_core(
+      loss_fn, params, batch, loaded.state.opt_state, loaded.run.schedule(step), key, initial_vectors(params, key),
+      optim=optim_spec(config.optim), power_iters=args.power_iters, trace_probes=args.trace_probes, num_micro=micro)
   metrics, residuals = jax.device_get((metrics, residuals))
   results = {name: float(value) for name, value in metrics.items()}
   results["lambda_max_residual"] = float(residuals["hessian"])
   if "precond" in residuals:
     results["lambda_max_precond_residual"] = float(residuals["precond"])
   if args.lanczos_steps:
-    spectrum = hvp.slq(loss_fn, params, batch, jax.random.fold_in(key, 7), num_steps=args.lanczos_steps,
-                       num_probes=args.slq_probes, top_k=args.top_k, num_micro=micro)
+    spectrum = slq(loss_fn, params, batch, jax.random.fold_in(key, 7), num_steps=args.lanczos_steps,
+                   num_probes=args.slq_probes, top_k=args.top_k, num_micro=micro)
     results["top_eigenvalues"] = [float(x) for x in spectrum.top_eigenvalues]
     results["slq_trace"] = spectrum.trace
     results["density"] = {"nodes": spectrum.nodes.tolist(), "weights": spectrum.weights.tolist()}
   if not args.no_layers:
     for layer in range(config.model.num_layers):
-      mask = hvp.layer_mask(params, config.model, layer)
-      top = hvp.top_eigenpair(loss_fn, params, batch, hvp.initial_vectors(params, jax.random.fold_in(key, layer))
-                              ["hessian"], args.power_iters, mask=mask, num_micro=micro)
+      start = initial_vectors(params, jax.random.fold_in(key, layer))["hessian"]
+      top = top_eigenpair(loss_fn, params, batch, start, args.power_iters, mask=layer_mask(params, config.model, layer),
+                          num_micro=micro)
       results[f"hessian/lambda_max/layer_{layer}"] = float(top.eigenvalue)
   if args.lanczos_steps and jax.process_index() == 0:
-    results["png"] = density_png(spectrum.nodes, spectrum.weights,
-                                 os.path.join(loaded.workdir, "hessian", f"spectrum_{step:06d}.png"),
-                                 f"Hessian spectral density at step {step} ({args.slq_probes} SLQ probes × "
-                                 f"{args.lanczos_steps} Lanczos steps)")
+    results["png"] = spectral_density_figure(
+        spectrum.nodes, spectrum.weights, os.path.join(loaded.workdir, "hessian", f"spectrum_{step:06d}.png"),
+        f"Hessian spectral density at step {step} ({args.slq_probes} SLQ probes × {args.lanczos_steps} Lanczos steps)")
   scalars = {k: v for k, v in results.items() if k.startswith("hessian/") and math.isfinite(v)}
   common.report(loaded, results, summary_text(results, step), args.json, scalars)
   return 0

@@ -22,9 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lensjax.analysis import hvp
+from lensjax.analysis.records import series
+from lensjax.hessian.metrics import hessian_core, initial_vectors, optim_spec, update_terms
+from lensjax.hessian.operators import make_loss_fn, plain_batch
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.names import flatten_metrics
+from lensjax.ops.trees import match_shardings
 from lensjax.stats.spikes import SpikeWindow, spike_window, threshold, update  # noqa: F401 (re-exported)
 
 
@@ -81,9 +84,8 @@ def group_detections(detections: list[int], gap: int) -> list[SpikeEvent]:
 
 def loss_series(records: list[dict]) -> tuple[list[int], list[float]]:
   """(steps, train/loss) of metrics.jsonl records, sorted by step; a later record of a step wins."""
-  by_step = {r["step"]: float(r["train/loss"]) for r in records if "train/loss" in r}
-  steps = sorted(by_step)
-  return steps, [by_step[s] for s in steps]
+  steps, losses = series(records, "train/loss")
+  return steps.tolist(), losses.tolist()
 
 
 # --------------------------------------------------------------------------
@@ -102,7 +104,8 @@ def is_logging_step(config, step: int) -> bool:
 
 def restore_at_or_before(run, workdir: str, step: int):
   """`(start, state)`: the newest readable checkpoint at or before `step`, else the initial state at 0."""
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False)
+  from lensjax.train.state import MIGRATE
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE)
   try:
     for saved in reversed([s for s in checkpoints.steps() if s <= step]):
       try:
@@ -128,7 +131,7 @@ def replay(run, state, start: int, stop: int, on_step: StepHook | None = None, h
   """
   from lensjax.train import loop  # heavy import, only when replaying
   for step in range(start, stop):
-    batch = loop._batch(run, step)
+    batch = loop.device_batch(run, step)
     logging = is_logging_step(run.config, step)
     before = copy_state(state) if on_step is not None and step >= hook_from else None
     state, metrics = (run.logging_step if logging else run.plain_step)(state, batch)
@@ -157,23 +160,23 @@ class StepAnalyser:
   """
 
   def __init__(self, run, key, power_iters: int = 20, cold_iters: int = 60):
-    self.loss_fn = hvp.make_loss_fn(run.config.model)
-    self.optim = hvp._spec(run.config.optim)
+    self.loss_fn = make_loss_fn(run.config.model)
+    self.optim = optim_spec(run.config.optim)
     self.key, self.power_iters, self.cold_iters = key, power_iters, cold_iters
     self.vectors = None
     self.records: list[dict] = []
 
   def __call__(self, step, before, after, metrics, batch) -> None:
-    batch = hvp.plain_batch(batch)
+    batch = plain_batch(batch)
     key = jax.random.fold_in(self.key, step)
     iters = self.power_iters
     if self.vectors is None:
-      self.vectors, iters = hvp.initial_vectors(before.params, key), self.cold_iters
-    vectors = hvp.match_shardings(self.vectors, {"hessian": before.params, "precond": before.params})
-    curvature, self.vectors, residuals = hvp.hessian_core(
+      self.vectors, iters = initial_vectors(before.params, key), self.cold_iters
+    vectors = match_shardings(self.vectors, {"hessian": before.params, "precond": before.params})
+    curvature, self.vectors, residuals = hessian_core(
         self.loss_fn, before.params, batch, before.opt_state, metrics["train/lr"], key, vectors,
         power_iters=iters, optim=self.optim, trace_probes=0)
-    terms = hvp.update_terms(self.loss_fn, before.params, after.params, batch)
+    terms = update_terms(self.loss_fn, before.params, after.params, batch)
     logged = {k: v for k, v in metrics.items() if not k.startswith("units/")}
     logged, curvature, terms, residuals = jax.device_get((logged, curvature, terms, residuals))
     record = {"step": int(step)}

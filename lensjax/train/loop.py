@@ -30,7 +30,7 @@ from lensjax.stats import lenses as lens_lib
 from lensjax.stats.lens import Lens, event_logs, resume_keys
 from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
-from lensjax.train.state import create_state, from_legacy, legacy_layout
+from lensjax.train.state import MIGRATE, create_state
 from lensjax.train.step import eval_step, jit_train_step, model_for
 
 
@@ -209,7 +209,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   os.makedirs(workdir, exist_ok=True)
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save,
                             config.checkpoint.keep_every, cleanup_unfinished=True,
-                            migrate=(legacy_layout, from_legacy))
+                            migrate=MIGRATE)
   run = build(config)
   checkpoints.check_compatible(config, resume_config_keys(run), run.state)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))

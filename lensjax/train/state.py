@@ -63,3 +63,7 @@ def from_legacy(restored: dict, abstract_state: TrainState) -> TrainState:
   return TrainState(step=restored["step"], params=restored["params"], opt_state=restored["opt_state"],
                     rng=restored["rng"], skipped_steps=restored["skipped_steps"],
                     first_bad_step=restored["first_bad_step"], lens_state=lens_state)
+
+
+# `Checkpoints(..., migrate=MIGRATE)` restores checkpoints of either layout.
+MIGRATE = (legacy_layout, from_legacy)
