@@ -19,10 +19,14 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from lensjax import config as config_lib
-from lensjax.analysis import hvp as H
 from lensjax.config import Config, ModelConfig, OptimConfig
 from lensjax.errors import InputError
+from lensjax.hessian import operators
+from lensjax.hessian.metrics import hessian_metrics, update_terms
+from lensjax.hessian.spectrum import lanczos, slq, top_eigenpair, trace, tridiagonal_eigh
 from lensjax.model import Transformer
+from lensjax.ops import layers, trees
+from lensjax.ops.adam import find_adam_state
 from lensjax.train import optim
 
 MODEL = ModelConfig(num_layers=1, d_model=8, num_heads=2, d_ff=16, vocab_size=8, max_len=8)
@@ -96,7 +100,7 @@ def adam_state(params, count: int = 3):
   """An AdamW state (b2 0.95, eps 1e-3) after `count` updates with random gradients, so that v̂ varies."""
   state = TX.init(params)
   for i in range(count):
-    grads = jax.tree.map(lambda x: x * (i + 1.0), H.tree_random_normal(jax.random.PRNGKey(i), params))
+    grads = jax.tree.map(lambda x: x * (i + 1.0), trees.tree_random_normal(jax.random.PRNGKey(i), params))
     state = _adam_update(grads, state, params)
   return state
 
@@ -108,13 +112,13 @@ def test_hvp_of_the_transformer_matches_the_dense_hessian():
     shapes = jax.eval_shape(Transformer(MODEL).init, jax.random.PRNGKey(0), batch["inputs"])["params"]
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float64), shapes)
-    loss_fn = H.make_loss_fn(MODEL, compute_dtype="float64")
+    loss_fn = operators.make_loss_fn(MODEL, compute_dtype="float64")
     _, dense, unravel = dense_hessian(loss_fn, params, batch)
     assert dense.shape == (744, 744) and jax.tree.leaves(params)[0].dtype == jnp.float64
     v = unravel(jnp.asarray(np.random.default_rng(1).normal(size=744)))
-    assert rel_err(flat(H.hvp(loss_fn, params, batch, v)), dense @ flat(v)) < 1e-6
+    assert rel_err(flat(operators.hvp(loss_fn, params, batch, v)), dense @ flat(v)) < 1e-6
     with pytest.raises(InputError, match="micro-batches"):
-      H.hvp(loss_fn, params, batch, v, num_micro=3)
+      operators.hvp(loss_fn, params, batch, v, num_micro=3)
 
 
 def test_power_iteration_and_lanczos_match_eigh(mlp):
@@ -122,19 +126,19 @@ def test_power_iteration_and_lanczos_match_eigh(mlp):
   eigenvalues = np.linalg.eigvalsh(p["dense"])  # ascending
   expected = largest_magnitude(p["dense"])
   with jax.enable_x64(True):
-    top = H.top_eigenpair(p["loss_fn"], p["params"], p["batch"], random_vector(p, 2), 60)
+    top = top_eigenpair(p["loss_fn"], p["params"], p["batch"], random_vector(p, 2), 60)
     assert abs(float(top.eigenvalue) - expected) < 1e-8 * abs(expected)
     u = flat(top.vector)
     assert abs(float(top.residual) - np.linalg.norm(p["dense"] @ u - float(top.eigenvalue) * u)) < 1e-8 * abs(expected)
     # Warm-started from its own vector, one more iteration keeps the answer.
-    again = H.top_eigenpair(p["loss_fn"], p["params"], p["batch"], top.vector, 1)
+    again = top_eigenpair(p["loss_fn"], p["params"], p["batch"], top.vector, 1)
     assert abs(float(again.eigenvalue) - expected) < 1e-8 * abs(expected)
 
     key = jax.random.PRNGKey(3)
-    spectrum = H.slq(p["loss_fn"], p["params"], p["batch"], key, num_steps=30, top_k=3)
+    spectrum = slq(p["loss_fn"], p["params"], p["batch"], key, num_steps=30, top_k=3)
     np.testing.assert_allclose(spectrum.top_eigenvalues, eigenvalues[::-1][:3], rtol=1e-8)
     # The quadrature is exact for degree-1 moments: n·Σ w·node = zᵀHz for the probe z itself.
-    z = flat(H.tree_rademacher(jax.random.fold_in(key, 0), p["params"]))
+    z = flat(trees.tree_rademacher(jax.random.fold_in(key, 0), p["params"]))
     assert abs(np.sum(spectrum.weights) - 1.0) < 1e-12
     assert abs(spectrum.trace - z @ p["dense"] @ z) < 1e-8 * abs(z @ p["dense"] @ z)
     # And for degree 2: Σ w·node² = ‖Hz‖²/‖z‖².
@@ -146,8 +150,8 @@ def test_lanczos_past_the_rank_drops_the_padding():
   # 4 distinct eigenvalues on R^5: the Krylov space of the ones vector is exhausted after 4 steps.
   with jax.enable_x64(True):
     A = np.diag([3.0, -2.0, 0.5, 0.0, 0.0])
-    alphas, betas = H.lanczos(lambda v: {"x": jnp.asarray(A) @ v["x"]}, {"x": jnp.ones(5)}, 5)
-    ritz, weights = H.tridiagonal_eigh(alphas, betas)
+    alphas, betas = lanczos(lambda v: {"x": jnp.asarray(A) @ v["x"]}, {"x": jnp.ones(5)}, 5)
+    ritz, weights = tridiagonal_eigh(alphas, betas)
   np.testing.assert_allclose(np.sort(ritz), [-2.0, 0.0, 0.5, 3.0], atol=1e-10)
   np.testing.assert_allclose(weights[np.argsort(ritz)], [0.2, 0.4, 0.2, 0.2], atol=1e-10)
 
@@ -157,35 +161,35 @@ def test_preconditioned_operator_matches_the_dense_one(mlp):
   cfg = OptimConfig(name="adamw", b2=0.95, eps=1e-3)
   with jax.enable_x64(True):
     opt_state = adam_state(p["params"])
-    scale = H.preconditioner_scale(opt_state, cfg)
-    adam = H.find_adam_state(opt_state)
+    scale = operators.preconditioner_scale(opt_state, cfg)
+    adam = find_adam_state(opt_state)
     # The dense P^{-1/2} from ν and the count, written out independently.
     s = 1.0 / np.sqrt(np.sqrt(flat(adam.nu) / (1 - 0.95 ** int(adam.count))) + 1e-3)
     np.testing.assert_allclose(flat(scale), s, rtol=1e-6)
     dense = s[:, None] * p["dense"] * s[None, :]
     v = random_vector(p, 4)
-    op = jax.jit(H.preconditioned(H.hessian_operator(p["loss_fn"], p["params"], p["batch"]), scale))
+    op = jax.jit(operators.preconditioned(operators.hessian_operator(p["loss_fn"], p["params"], p["batch"]), scale))
     assert rel_err(flat(op(v)), dense @ flat(v)) < 1e-6  # scale is float32: ν/√ rounding
     expected = largest_magnitude(dense)
-    top = H.top_eigenpair(p["loss_fn"], p["params"], p["batch"], v, 60, scale=scale)
+    top = top_eigenpair(p["loss_fn"], p["params"], p["batch"], v, 60, scale=scale)
     assert abs(float(top.eigenvalue) - expected) < 1e-6 * abs(expected)
-  assert H.stability_threshold(cfg, 0.01) == pytest.approx(38 / 0.01)
-  assert H.stability_threshold(OptimConfig(name="sgd"), 0.01) == pytest.approx(200.0)
-  assert np.isnan(H.stability_threshold(OptimConfig(name="adafactor"), 0.01))
+  assert operators.stability_threshold(cfg, 0.01) == pytest.approx(38 / 0.01)
+  assert operators.stability_threshold(OptimConfig(name="sgd"), 0.01) == pytest.approx(200.0)
+  assert np.isnan(operators.stability_threshold(OptimConfig(name="adafactor"), 0.01))
 
 
 def test_restriction_to_one_block_is_the_dense_sub_block(mlp):
   p = mlp
   with jax.enable_x64(True):
-    mask = H.layer_mask(p["params"], ModelConfig(num_layers=2), 0)
+    mask = layers.layer_mask(p["params"], ModelConfig(num_layers=2), 0)
     index = np.flatnonzero(np.concatenate([np.full(x.size, m) for x, m in zip(jax.tree.leaves(p["params"]),
                                                                                jax.tree.leaves(mask))]))
     assert index.size == 6 * 10 + 10
     expected = largest_magnitude(p["dense"][np.ix_(index, index)])
-    top = H.top_eigenpair(p["loss_fn"], p["params"], p["batch"], random_vector(p, 5), 60, mask=mask)
+    top = top_eigenpair(p["loss_fn"], p["params"], p["batch"], random_vector(p, 5), 60, mask=mask)
   assert abs(float(top.eigenvalue) - expected) < 1e-8 * abs(expected)
   assert np.all(np.delete(flat(top.vector), index) == 0.0)
-  scanned = H.layer_mask({"layers": {"w": jnp.zeros((3, 2))}, "embed": jnp.zeros(4)}, ModelConfig(num_layers=3,
+  scanned = layers.layer_mask({"layers": {"w": jnp.zeros((3, 2))}, "embed": jnp.zeros(4)}, ModelConfig(num_layers=3,
                                                                                                 scan_layers=True), 1)
   assert np.asarray(scanned["layers"]["w"]).ravel().tolist() == [False, True, False] and scanned["embed"] is False
 
@@ -193,7 +197,7 @@ def test_restriction_to_one_block_is_the_dense_sub_block(mlp):
 def test_hutchinson_is_within_four_standard_errors_of_the_trace(mlp):
   p = mlp
   with jax.enable_x64(True):
-    estimate, stderr = H.trace(p["loss_fn"], p["params"], p["batch"], jax.random.PRNGKey(6), num_probes=32)
+    estimate, stderr = trace(p["loss_fn"], p["params"], p["batch"], jax.random.PRNGKey(6), num_probes=32)
   exact = np.trace(p["dense"])
   # Rademacher variance is 2 Σ_{i≠j} H_ij²: the standard error is known exactly.
   off = p["dense"] - np.diag(np.diag(p["dense"]))
@@ -204,10 +208,10 @@ def test_hutchinson_is_within_four_standard_errors_of_the_trace(mlp):
 def test_update_terms_are_the_taylor_expansion(mlp):
   p = mlp
   with jax.enable_x64(True):
-    delta = H.tree_scale(random_vector(p, 7), 1e-4)
-    new_params = H.tree_add(p["params"], delta)
+    delta = trees.tree_scale(random_vector(p, 7), 1e-4)
+    new_params = trees.tree_add(p["params"], delta)
     # Two micro-batches (equal token counts) average to the full batch.
-    terms = H.update_terms(p["loss_fn"], p["params"], new_params, p["batch"], num_micro=2)
+    terms = update_terms(p["loss_fn"], p["params"], new_params, p["batch"], num_micro=2)
     d = flat(new_params) - flat(p["params"])
     dHd = d @ p["dense"] @ d
     assert float(terms["spike/dloss_first_order"]) == pytest.approx(p["grad"] @ d, rel=1e-9)
@@ -222,7 +226,7 @@ def test_hessian_metrics_for_training(mlp):
   p = mlp
   adamw = Config(optim=OptimConfig(name="adamw", b1=0.9, b2=0.95, eps=1e-3))
   params = jax.tree.map(lambda x: x.astype(jnp.float32), p["params"])
-  metrics, vector = H.hessian_metrics(params, p["batch"], adam_state(params), adamw, 0.01, jax.random.PRNGKey(0), None,
+  metrics, vector = hessian_metrics(params, p["batch"], adam_state(params), adamw, 0.01, jax.random.PRNGKey(0), None,
                                       power_iters=30, trace_probes=2, loss_fn=mlp_loss)
   assert set(metrics) == {"hessian/lambda_max", "hessian/lambda_max_precond", "hessian/stability_threshold",
                           "hessian/trace", "hessian/trace_stderr"}
@@ -231,16 +235,16 @@ def test_hessian_metrics_for_training(mlp):
   expected = largest_magnitude(p["dense"])
   assert float(metrics["hessian/lambda_max"]) == pytest.approx(expected, rel=1e-3)
   # Warm start: two more iterations from the returned vectors keep the answer.
-  again, _ = H.hessian_metrics(params, p["batch"], adam_state(params), adamw, 0.01, jax.random.PRNGKey(1), vector,
+  again, _ = hessian_metrics(params, p["batch"], adam_state(params), adamw, 0.01, jax.random.PRNGKey(1), vector,
                                power_iters=2, trace_probes=2, loss_fn=mlp_loss)
   for name in ("hessian/lambda_max", "hessian/lambda_max_precond"):
     assert float(again[name]) == pytest.approx(float(metrics[name]), rel=1e-3)
   # Before Adam's first update there is no preconditioner yet; SGD has none at all.
-  fresh, _ = H.hessian_metrics(params, p["batch"], adam_state(params, count=0), adamw, 0.01, jax.random.PRNGKey(0),
+  fresh, _ = hessian_metrics(params, p["batch"], adam_state(params, count=0), adamw, 0.01, jax.random.PRNGKey(0),
                                None, power_iters=2, trace_probes=2, loss_fn=mlp_loss)
   assert np.isnan(float(fresh["hessian/lambda_max_precond"]))
   sgd = Config(optim=OptimConfig(name="sgd"))
-  plain, _ = H.hessian_metrics(params, p["batch"], optax.sgd(0.1).init(params), sgd, 0.1, jax.random.PRNGKey(0), None,
+  plain, _ = hessian_metrics(params, p["batch"], optax.sgd(0.1).init(params), sgd, 0.1, jax.random.PRNGKey(0), None,
                                power_iters=2, trace_probes=0, loss_fn=mlp_loss)
   assert set(plain) == {"hessian/lambda_max", "hessian/stability_threshold"}
   assert float(plain["hessian/stability_threshold"]) == pytest.approx(20.0)
@@ -248,7 +252,7 @@ def test_hessian_metrics_for_training(mlp):
 
 def test_a_cudnn_path_hvp_is_an_input_error():
   with pytest.raises(InputError, match="explicit-softmax"):
-    H.make_loss_fn(MODEL, attention="cudnn")
+    operators.make_loss_fn(MODEL, attention="cudnn")
   # A loss through a custom_vjp whose backward pass is itself custom (as cuDNN's is) cannot go forward-over-reverse.
   @jax.custom_vjp
   def inner(x):
@@ -263,7 +267,7 @@ def test_a_cudnn_path_hvp_is_an_input_error():
   fused.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (inner(g * jnp.cos(x)),))
   params = {"w": jnp.ones(3)}
   with pytest.raises(InputError, match="custom_vjp"):
-    H.hvp(lambda p, b: jnp.sum(fused(p["w"])), params, make_batch(), params)
+    operators.hvp(lambda p, b: jnp.sum(fused(p["w"])), params, make_batch(), params)
 
 
 def test_hessian_every_must_not_be_negative():

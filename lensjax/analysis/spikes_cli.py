@@ -23,15 +23,9 @@ import math
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from lensjax.analysis.common import add_common_arguments  # noqa: E402
-from lensjax.errors import InputError  # noqa: E402
+from lensjax.analysis.common import add_common_arguments
+from lensjax.analysis.records import family_layers, metric_names
+from lensjax.errors import InputError
 
 TB_PREFIXES = ("hessian/", "spike/")
 
@@ -67,7 +61,7 @@ def _check_arguments(args, extra: list[str]) -> None:
     raise InputError(f"--k is {args.k}; it must be a positive number.")
 
 
-def _read_run(workdir: str):
+def _read_config_and_metrics(workdir: str):
   from lensjax import config as config_lib
   from lensjax.io.metrics_log import read_metrics
   for name in ("config.json", "metrics.jsonl"):
@@ -81,9 +75,10 @@ def run_command(args, extra: list[str]) -> int:
   import jax  # heavy imports only once the arguments are good
 
   from lensjax.analysis import spikes
+  from lensjax.report.figures_spikes import spike_timeline_figure
   from lensjax.train import loop
 
-  config, records = _read_run(args.workdir)
+  config, records = _read_config_and_metrics(args.workdir)
   steps, losses = spikes.loss_series(records)
   if not steps:
     raise InputError(f"{args.workdir}/metrics.jsonl has no train/loss record; train the run first.")
@@ -113,7 +108,8 @@ def run_command(args, extra: list[str]) -> int:
              "measured": [first, stop - 1], "loss": losses[index] if index is not None else None,
              "median": float(verdicts.median[index]) if index is not None else None,
              "threshold": float(verdicts.threshold[index]) if index is not None else None}
-    entry["png"] = timeline_png(entry, timeline, (steps, losses), config, os.path.join(out_dir, f"spike_{event.first:06d}.png"))
+    entry["png"] = spike_timeline_figure(entry, timeline, (steps, losses), config.optim.name,
+                                         os.path.join(out_dir, f"spike_{event.first:06d}.png"))
     entry["timeline"] = timeline
     report["spikes"].append(entry)
   report["not_analysed"] = [e.first for e in events[args.max_spikes:]]
@@ -157,66 +153,6 @@ def _write_tensorboard(workdir: str, report: dict) -> None:
 # Output.
 
 
-def _series(timeline: list[dict], name: str):
-  return [r["step"] for r in timeline if name in r], [r[name] for r in timeline if name in r]
-
-
-def _layers(timeline: list[dict], prefix: str) -> int:
-  return sum(1 for k in (timeline[0] if timeline else {}) if k.startswith(prefix + "/layer_"))
-
-
-def timeline_png(entry: dict, timeline: list[dict], context, config, path: str) -> str:
-  """Loss, curvature against the threshold, the Taylor terms and dead units per layer, on one step axis."""
-  fig = Figure(figsize=(9, 11), layout="constrained")
-  ax_loss, ax_curv, ax_taylor, ax_dead = fig.subplots(4, 1, sharex=True)
-  lo, hi = entry["measured"]
-  steps, losses = context
-  near = [(s, l) for s, l in zip(steps, losses) if lo - (hi - lo) <= s <= hi]
-  if near:
-    ax_loss.plot(*zip(*near), color="0.7", lw=1, label="logged train/loss")
-  ax_loss.plot(*_series(timeline, "train/loss"), "o-", ms=3, color="k", label="replayed train/loss")
-  if entry.get("threshold") is not None:
-    ax_loss.axhline(entry["median"], color="tab:green", ls=":", label="rolling median")
-    ax_loss.axhline(entry["threshold"], color="tab:red", ls=":", label="spike threshold")
-  ax_loss.set_ylabel("loss")
-  ax_loss.set_title(f"spike at step {entry['step']} (replayed from checkpoint {entry['checkpoint']})")
-
-  ax_curv.plot(*_series(timeline, "hessian/lambda_max"), "o-", ms=3, label=r"$\lambda_{max}(H)$")
-  if any("hessian/lambda_max_precond" in r for r in timeline):
-    ax_curv.plot(*_series(timeline, "hessian/lambda_max_precond"), "o-", ms=3,
-                 label=r"$\lambda_{max}(P^{-1/2} H P^{-1/2})$")
-  name = config.optim.name
-  ax_curv.plot(*_series(timeline, "hessian/stability_threshold"), "--", color="tab:red",
-               label="threshold " + (r"$2/\eta$" if name == "sgd" else r"$(2+2\beta_1)/((1-\beta_1)\eta)$"))
-  ax_curv.set_yscale("symlog", linthresh=1.0)
-  ax_curv.set_ylabel("curvature")
-
-  ax_taylor.plot(*_series(timeline, "spike/dloss_actual"), "o-", ms=3, color="k", label=r"actual $\Delta L$")
-  ax_taylor.plot(*_series(timeline, "spike/dloss_first_order"), "--", label=r"$g\cdot\delta$")
-  first = {r["step"]: r.get("spike/dloss_first_order", math.nan) for r in timeline}
-  taylor = [(r["step"], first[r["step"]] + r["spike/dloss_second_order"]) for r in timeline
-            if "spike/dloss_second_order" in r]
-  if taylor:
-    ax_taylor.plot(*zip(*taylor), "-", label=r"$g\cdot\delta + \frac{1}{2}\delta^T H \delta$")
-  ax_taylor.axhline(0.0, color="0.8", lw=0.8)
-  ax_taylor.set_ylabel("loss change on batch t")
-
-  layers = _layers(timeline, "ffn/dead")
-  colors = colormaps["viridis"]
-  for l in range(layers):
-    ax_dead.plot(*_series(timeline, f"ffn/dead/layer_{l}"), "o-", ms=2, color=colors(l / max(layers - 1, 1)),
-                 label=f"layer {l}")
-  ax_dead.set_ylabel("dead FFN units (fraction)")
-  ax_dead.set_xlabel("training step")
-  for ax in (ax_loss, ax_curv, ax_taylor, ax_dead):
-    for step in entry["detections"]:
-      ax.axvline(step, color="tab:red", alpha=0.25, lw=3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7, loc="upper left")
-  fig.savefig(path, dpi=100)
-  return path
-
-
 def _fmt(value) -> str:
   return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4g}"
 
@@ -235,7 +171,7 @@ def summary(report: dict, config) -> str:
                  "spike/dloss_second_order"):
       if name in at:
         lines.append(f"  {name:30s} {_fmt(start.get(name)):>10s} at step {start.get('step')} -> {_fmt(at[name]):>10s}")
-    for l in range(_layers(entry["timeline"], "ffn/dead")):
+    for l in range(family_layers(metric_names(entry["timeline"]), "ffn/dead")):
       key = f"ffn/dead/layer_{l}"
       died = sum(r.get(f"ffn/died/layer_{l}", 0.0) for r in entry["timeline"])
       lines.append(f"  {key:30s} {_fmt(start.get(key)):>10s} -> {_fmt(at.get(key)):>10s} ({died:.0f} units died)")
@@ -243,13 +179,3 @@ def summary(report: dict, config) -> str:
   if report["not_analysed"]:
     lines.append(f"\nnot analysed (raise --max-spikes): events at steps {report['not_analysed']}")
   return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-  """`python -m lensjax.analysis.spikes_cli ARGS`: `lensjax spikes ARGS`, with cli.py's exit codes."""
-  from lensjax import cli  # pylint: disable=import-outside-toplevel
-  return cli.main(["spikes", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-  sys.exit(main())

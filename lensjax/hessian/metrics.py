@@ -1,0 +1,144 @@
+"""The `hessian/*` and `spike/dloss_*` metrics of docs/metrics.md.
+
+`hessian_metrics` is what the train loop calls every `stats.hessian_every`
+steps; `hessian_core` is its compiled body, which the spike replay and
+`lensjax hessian` call too (they also want the power-iteration residuals);
+`update_terms` is the Taylor expansion of one update on its own batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lensjax.config import Config
+from lensjax.hessian.operators import (LossFn, MatVec, Tree, explain_trace_errors, hessian_operator, hvps,
+                                       make_loss_fn, over_micro_batches, plain_batch, preconditioner_scale, scaled,
+                                       stability_threshold)
+from lensjax.hessian.spectrum import hutchinson_trace, power_iterations
+from lensjax.ops.adam import find_adam_state
+from lensjax.ops.arrays import F32
+from lensjax.ops.trees import match_shardings, tree_dot, tree_normalize, tree_random_normal, tree_sub
+
+# Defaults of the in-training metrics: warm-started power iterations converge in
+# a few steps once training is under way, so few iterations per call suffice.
+POWER_ITERS = 10
+TRACE_PROBES = 4
+
+
+# --------------------------------------------------------------------------
+# Along the step actually taken.
+
+
+def update_curvature(matvec: MatVec, delta: Tree) -> jax.Array:
+  """δᵀHδ / ‖δ‖²: the curvature along the update."""
+  return tree_dot(delta, matvec(delta)) / jnp.maximum(tree_dot(delta, delta), 1e-30)
+
+
+def loss_change_terms(grads: Tree, delta: Tree, hdelta: Tree) -> tuple[jax.Array, jax.Array]:
+  """(g·δ, ½δᵀHδ): the first- and second-order terms of L(θ + δ) − L(θ)."""
+  return tree_dot(grads, delta), 0.5 * tree_dot(delta, hdelta)
+
+
+@explain_trace_errors
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_micro"))
+def update_terms(loss_fn: LossFn, params: Tree, new_params: Tree, batch: dict, num_micro: int = 1) -> dict:
+  """The Taylor expansion of one update δ = new − old on its own batch, next to the actual change.
+
+  One forward-over-reverse pass gives all of it: the jvp of (L, ∇L) along δ is
+  (g·δ, Hδ).
+  """
+  delta = tree_sub(new_params, params)
+  with jax.default_matmul_precision("highest"):
+    def one(micro):
+      (loss, grads), (_, hdelta) = jax.jvp(jax.value_and_grad(lambda p: loss_fn(p, micro)), (params,), (delta,))
+      return loss, loss_fn(new_params, micro), grads, hdelta
+    loss, new_loss, grads, hdelta = over_micro_batches(one, plain_batch(batch), num_micro)
+  first, second = loss_change_terms(grads, delta, hdelta)
+  return {"hessian/update_curvature": 2.0 * second / jnp.maximum(tree_dot(delta, delta), 1e-30),
+          "spike/dloss_first_order": first, "spike/dloss_second_order": second,
+          "spike/dloss_actual": new_loss - loss}
+
+
+# --------------------------------------------------------------------------
+# The in-training metrics.
+
+
+class OptimSpec(NamedTuple):
+  """The part of OptimConfig that the preconditioner and the threshold read: runs that differ
+  only elsewhere (learning rate, weight decay) share one compiled `hessian_core`."""
+  name: str
+  b1: float
+  b2: float
+  eps: float
+
+
+def optim_spec(optim_cfg) -> OptimSpec:
+  return OptimSpec(optim_cfg.name, float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps))
+
+
+@jax.jit
+def initial_vectors(params: Tree, key) -> dict:
+  """Random unit start vectors of the power iterations (H and, for Adam, the preconditioned operator).
+
+  Jitted: op by op, the per-leaf random draws and sums would each compile separately.
+  """
+  return {"hessian": tree_normalize(tree_random_normal(jax.random.fold_in(key, 0), params)),
+          "precond": tree_normalize(tree_random_normal(jax.random.fold_in(key, 1), params))}
+
+
+def hessian_metrics(params: Tree, batch: dict, opt_state, cfg: Config, lr, key, prev_vector: dict | None = None, *,
+                    power_iters: int = POWER_ITERS, trace_probes: int = TRACE_PROBES, num_micro: int = 1,
+                    loss_fn: LossFn | None = None):
+  """`hessian/*` of docs/metrics.md at θ = `params` on `batch`; returns `(metrics, vector)`.
+
+  Pass `params` and `opt_state` of the same train state (before the step that
+  consumes `batch`), `lr` = the schedule at that step, and the previous call's
+  `vector` (None the first time: a random start from `key`) so that the power
+  iterations are warm-started. Metrics are device scalars; nothing is fetched.
+  Cost: power_iters + 1 passes that each give two Hessian-vector products
+  from one primal pass (H and the preconditioned operator), and trace_probes
+  products. `hessian/lambda_max_precond` is present for Adam and NaN before
+  its first update. `loss_fn` defaults to `make_loss_fn(cfg.model)`.
+  """
+  loss_fn = loss_fn or make_loss_fn(cfg.model)
+  if prev_vector is None:
+    prev_vector = initial_vectors(params, jax.random.fold_in(key, 1))
+  prev_vector = match_shardings(prev_vector, {"hessian": params, "precond": params})
+  metrics, vector, _ = hessian_core(loss_fn, params, plain_batch(batch), opt_state, lr, key, prev_vector,
+                                    optim=optim_spec(cfg.optim), power_iters=power_iters, trace_probes=trace_probes,
+                                    num_micro=num_micro)
+  return metrics, vector
+
+
+@explain_trace_errors
+@functools.partial(jax.jit, static_argnames=("loss_fn", "optim", "trace_probes", "num_micro"))
+def hessian_core(loss_fn, params, batch, opt_state, lr, key, vectors, *, optim, power_iters, trace_probes,
+                 num_micro=1):
+  """`hessian_metrics` for a given loss and `optim_spec(optim_cfg)`; also returns the power-iteration residuals.
+
+  `power_iters` is traced (a while loop), so a cold start with more iterations compiles nothing new.
+  """
+  products = lambda vs: hvps(loss_fn, params, batch, vs, num_micro)
+  scale = preconditioner_scale(opt_state, optim)
+  if scale is None:
+    (top,) = power_iterations(products, (vectors["hessian"],), power_iters)
+  else:
+    # H v and H (S v_p) in one pass: the two iterations share the primal forward and backward.
+    both = lambda vs: (lambda hv, hsv: (hv, scaled(hsv, scale)))(*products((vs[0], scaled(vs[1], scale))))
+    top, precond = power_iterations(both, (vectors["hessian"], vectors["precond"]), power_iters)
+  metrics = {"hessian/lambda_max": top.eigenvalue, "hessian/stability_threshold": stability_threshold(optim, lr)}
+  out, residuals = {"hessian": top.vector, "precond": vectors["precond"]}, {"hessian": top.residual}
+  if scale is not None:
+    started = find_adam_state(opt_state).count > 0
+    metrics["hessian/lambda_max_precond"] = jnp.where(started, precond.eigenvalue, jnp.nan)
+    out["precond"], residuals["precond"] = precond.vector, precond.residual
+  matvec = hessian_operator(loss_fn, params, batch, num_micro)
+  if trace_probes:
+    metrics["hessian/trace"], metrics["hessian/trace_stderr"] = hutchinson_trace(
+        matvec, params, jax.random.fold_in(key, 2), trace_probes)
+  as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x).astype(F32), tree)
+  return as_f32(metrics), out, as_f32(residuals)
