@@ -165,13 +165,13 @@ def _cli_is_wired() -> bool:
 
 
 def saturation_command(workdir: str, *args: str, capsys, through_cli: bool = False) -> tuple[int, str, str]:
-  """`lensjax saturation ARGS` in this process (the module's main), or with `through_cli` as a real
+  """`lensjax saturation ARGS` in this process (`cli.main`), or with `through_cli` as a real
   `python -m lensjax saturation` subprocess once cli.py wires the command."""
   if through_cli and _cli_is_wired():
     done = run_cli("saturation", "--workdir", workdir, *args)
     return done.returncode, done.stdout, done.stderr
-  from lensjax.analysis import saturation_cli
-  code = saturation_cli.main(["--workdir", workdir, *args])
+  from lensjax import cli
+  code = cli.main(["saturation", "--workdir", workdir, *args])
   captured = capsys.readouterr()
   return code, captured.out, captured.err
 

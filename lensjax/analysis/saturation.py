@@ -7,7 +7,7 @@ softmax attention becomes hard: uniform over the keys that tie for the largest
 logit. A head whose attention then sits on one key is an *argmax head*; one
 that spreads over a large share of what it sees is an *averaging head*.
 
-Two statistics, both of METRICS.md, on a batch, with c = `scale`:
+Two statistics, both of docs/metrics.md, on a batch, with c = `scale`:
 
 - `eval/saturation/layer_{l}`: mean over real tokens of cos(h_l(x; θ), h_l(x; cθ)),
   h_l the output of block l (the residual stream after it). Near 1 when θ is
@@ -37,17 +37,18 @@ made exp(x − max) overflow).
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lensjax.config import ModelConfig
-from lensjax.model import Block, Transformer, has_attention, layer_params, masked_mean
+from lensjax.model import Transformer, has_attention
+from lensjax.ops.arrays import F32, masked_mean
+from lensjax.ops.layers import unrolled
 
-F32 = jnp.float32
-SCALE = 1000.0  # c of METRICS.md
+SCALE = 1000.0  # c of docs/metrics.md
 WEIGHT_THRESHOLD = 1e-5  # a key "counts" for a query when its attention weight exceeds this
 HISTOGRAM_BINS = 20  # over [0, 1] of key_fraction
 # Largest block output at c·θ trusted in float32: its square, summed over D, must stay
@@ -57,18 +58,9 @@ MAX_HIDDEN = 1e17
 
 def analysis_config(cfg: ModelConfig) -> ModelConfig:
   """The model the statistics are defined on: float32, explicit softmax, no dropout, unrolled layers."""
-  # Unrolled so that each Block's output and attention can be captured by name (nn.scan
-  # carries only the params collection over layers); remat changes nothing in a forward pass.
+  # Unrolled, so that each layer's tensors come back as one array of a tuple; remat changes nothing in a
+  # forward pass.
   return dataclasses.replace(cfg, attention="xla", dtype="float32", dropout=0.0, scan_layers=False, remat=False)
-
-
-def unrolled_params(params, cfg: ModelConfig):
-  """`params` in the unrolled layout (`layer_{l}` subtrees) whatever `cfg.scan_layers` says."""
-  if not cfg.scan_layers:
-    return params
-  unrolled = {name: tree for name, tree in params.items() if name != "layers"}
-  unrolled.update({f"layer_{l}": tree for l, tree in enumerate(layer_params(params, cfg))})
-  return unrolled
 
 
 def scale_params(params, scale):
@@ -76,22 +68,16 @@ def scale_params(params, scale):
   return jax.tree.map(lambda p: p.astype(F32) * scale, params)
 
 
-def _is_block_call(module, method_name: str) -> bool:
-  return isinstance(module, Block) and method_name == "__call__"
-
-
 def hidden_and_probs(params, tokens_BxT, mask_BxT, cfg: ModelConfig):
   """Block outputs h [L, B, T, D] and attention probabilities [L, B, H, T, T] (None without attention).
 
   `cfg` must be an `analysis_config`, `params` unrolled.
   """
-  _, state = Transformer(cfg).apply({"params": params}, tokens_BxT, mask_BxT, return_hidden=True,
-                                    capture_intermediates=_is_block_call, mutable=["intermediates"])
-  layers = [state["intermediates"][f"layer_{l}"] for l in range(cfg.num_layers)]
-  h_LxBxTxD = jnp.stack([layer["__call__"][0][0] for layer in layers]).astype(F32)
-  probs_LxBxHxTxT = None
-  if has_attention(cfg):
-    probs_LxBxHxTxT = jnp.stack([layer["attn"]["attn_probs"][0] for layer in layers]).astype(F32)
+  capture = ("block_out", "attn_probs") if has_attention(cfg) else ("block_out",)
+  _, captured = Transformer(cfg, capture=capture).apply({"params": params}, tokens_BxT, mask_BxT,
+                                                        return_hidden=True)
+  h_LxBxTxD = jnp.stack(captured["block_out"]).astype(F32)
+  probs_LxBxHxTxT = jnp.stack(captured["attn_probs"]).astype(F32) if has_attention(cfg) else None
   return h_LxBxTxD, probs_LxBxHxTxT
 
 
@@ -145,7 +131,7 @@ def saturation_arrays(params, batch: dict, cfg: ModelConfig, scale=SCALE) -> dic
   unrolled); `batch` needs "inputs" [B, T] and "mask" [B, T].
   """
   model_cfg = analysis_config(cfg)
-  params = unrolled_params(params, cfg)
+  params = unrolled(params, cfg)
   tokens_BxT, mask_BxT = batch["inputs"], batch["mask"].astype(F32)
   with jax.default_matmul_precision("highest"):
     h_LxBxTxD, _ = hidden_and_probs(scale_params(params, 1.0), tokens_BxT, mask_BxT, model_cfg)
@@ -165,7 +151,7 @@ def saturation_arrays(params, batch: dict, cfg: ModelConfig, scale=SCALE) -> dic
 
 
 def metric_names(arrays: dict) -> dict:
-  """The METRICS.md names of `saturation_arrays`' statistics (values stay arrays)."""
+  """The docs/metrics.md names of `saturation_arrays`' statistics (values stay arrays)."""
   metrics = {f"eval/saturation/layer_{l}": c for l, c in enumerate(arrays["cosine_L"])}
   count_LxH = arrays["key_count_LxH"]
   for l in range(count_LxH.shape[0]):
@@ -206,14 +192,8 @@ def head_histogram(fraction_LxH, bins: int = HISTOGRAM_BINS) -> dict:
   return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-_JITTED: dict[str, object] = {}
-
-
+@functools.lru_cache(maxsize=32)
 def jit_saturation_arrays(cfg: ModelConfig):
   """jit of `(params, batch, scale) -> saturation_arrays`, one per model config; `scale` is traced,
   so any c reuses the compilation."""
-  # Configs are mutable dataclasses, hence unhashable: keyed by their JSON form, fixed by closure.
-  key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-  if key not in _JITTED:
-    _JITTED[key] = jax.jit(lambda params, batch, scale: saturation_arrays(params, batch, cfg, scale))
-  return _JITTED[key]
+  return jax.jit(lambda params, batch, scale: saturation_arrays(params, batch, cfg, scale))

@@ -3,7 +3,7 @@
 Loads a checkpoint, runs `lensjax.analysis.saturation` on held-out batch 0
 (its first `--batch-size` rows), prints per-layer saturation cosines and the
 number of keys each head attends to in the saturated network, and logs them
-to the run's TensorBoard (scalars under their METRICS.md names, and the
+to the run's TensorBoard (scalars under their docs/metrics.md names, and the
 histogram over heads of keys / visible keys as `eval/saturated_head/fraction`).
 
 With --json, one object: `{"step", "scale", "threshold", "batch_rows",
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 
 import numpy as np
 
@@ -102,7 +101,7 @@ def run(args, extra: list[str] | None = None) -> int:
   if not (math.isfinite(args.scale) and args.scale > 0):
     raise InputError(f"--scale {args.scale} must be a positive number such as 1000.")
   rows = _rows(args.batch_size, jax.device_count())
-  loaded = common.load_run(args.workdir, args.step)
+  loaded = common.load_checkpoint_run(args.workdir, args.step)
   batch = heldout_rows(loaded, rows)
   arrays = jax.device_get(saturation.jit_saturation_arrays(loaded.config.model)(loaded.params, batch, args.scale))
   if not bool(arrays["in_range"]):
@@ -118,13 +117,3 @@ def run(args, extra: list[str] | None = None) -> int:
     writer.histogram(loaded.step, HISTOGRAM_TAG, fraction)
     writer.close()
   return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-  """`python -m lensjax.analysis.saturation_cli ARGS`: `lensjax saturation ARGS`, with cli.py's exit codes."""
-  from lensjax import cli  # pylint: disable=import-outside-toplevel
-  return cli.main(["saturation", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-  sys.exit(main())
