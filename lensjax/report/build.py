@@ -19,7 +19,7 @@ import numpy as np
 
 from lensjax.analysis.records import family_layers, series
 from lensjax.errors import InputError
-from lensjax.report import figures_events, figures_growth, figures_layers, figures_scalars, figures_size
+from lensjax.report import figures_events, figures_growth, figures_layers, figures_scalars
 from lensjax.report import page
 from lensjax.report import runs as runs_lib
 from lensjax.report import sizes

@@ -36,18 +36,24 @@ def loss_figure(train: Series | None, evaluation: Series | None, path: str, targ
   return save(fig, path)
 
 
-def entropy_figure(model: Series | None, target: Series | None, kl: Series | None, path: str) -> str:
-  """Entropy of the model's next-token distribution against the target's; KL(target ‖ model) beside it."""
-  fig, axes = new_figure(2 if kl is not None else 1, panel_width=5.5)
-  ax = axes[0, 0]
-  for data, label, color in ((model, "model H(q)", "tab:blue"), (target, "target H(p)", "tab:gray")):
+def _model_against_target(ax, model: Series | None, target: Series | None, symbols: tuple[str, str], ylabel: str,
+                          title: str) -> None:
+  """The model's and the target's entropy over training on one axis (either may be missing)."""
+  for data, label, color in ((model, f"model {symbols[0]}", "tab:blue"), (target, f"target {symbols[1]}", "tab:gray")):
     if data is not None:
       ax.plot(data[0], finite(data[1]), color=color, marker=marker_for(data[0].size), markersize=3, label=label)
   ax.set_xlabel(STEP_LABEL)
-  ax.set_ylabel("entropy (nats per token)")
-  ax.set_title("Next-token entropy: model vs target")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
+
+
+def entropy_figure(model: Series | None, target: Series | None, kl: Series | None, path: str) -> str:
+  """Entropy of the model's next-token distribution against the target's; KL(target ‖ model) beside it."""
+  fig, axes = new_figure(2 if kl is not None else 1, panel_width=5.5)
+  _model_against_target(axes[0, 0], model, target, ("H(q)", "H(p)"), "entropy (nats per token)",
+                        "Next-token entropy: model vs target")
   if kl is not None:
     ax = axes[0, 1]
     ax.plot(kl[0], finite(kl[1]), color="tab:purple", marker=marker_for(kl[0].size), markersize=3)
@@ -67,14 +73,8 @@ def sequence_entropy_figure(model: Series, target: Series, kl: Series | None, pa
   a symmetric log axis, linear within ±0.01 nats.
   """
   fig, axes = new_figure(2, panel_width=5.5)
-  ax = axes[0, 0]
-  for data, label, color in ((model, "model H(Q)", "tab:blue"), (target, "target H(P)", "tab:gray")):
-    ax.plot(data[0], finite(data[1]), color=color, marker=marker_for(data[0].size), markersize=3, label=label)
-  ax.set_xlabel(STEP_LABEL)
-  ax.set_ylabel("entropy of the predicted tokens given x_0 (nats)")
-  ax.set_title("Whole-sequence entropy: model vs target")
-  ax.grid(alpha=0.3)
-  ax.legend()
+  _model_against_target(axes[0, 0], model, target, ("H(Q)", "H(P)"), "entropy of the predicted tokens given x_0 (nats)",
+                        "Whole-sequence entropy: model vs target")
   ax = axes[0, 1]
   steps = np.intersect1d(model[0], target[0])
   gap = finite(model[1][np.isin(model[0], steps)]) - finite(target[1][np.isin(target[0], steps)])

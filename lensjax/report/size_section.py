@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lensjax.report import figures_size, sizes
-from lensjax.report.page import FigureEntry, Section, figure_entry
+from lensjax.report.page import Section, figure_entry
 
 # How a model's block is drawn: (marker, line between the points of that block, legend suffix).
 BLOCK_STYLES = {"attention+ffn": ("o", "-", ""), "attention_only": ("s", "none", ", no FFN"),
