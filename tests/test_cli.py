@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +84,12 @@ def test_bad_input_exits_2_naming_the_problem_and_leaves_the_workdir_alone(case,
   assert "Traceback" not in stderr  # a sentence for people, not a crash
   assert "compiled" not in stderr  # rejected before any compilation
   assert after == before, "the previous run's files changed"
+
+
+def test_the_command_modules_do_not_import_the_cli():
+  # cli.py imports the analyses' commands and owns parsing and exit codes; the reverse would be a cycle.
+  code = ("import sys; from lensjax import sweep; "
+          "from lensjax.analysis import growth_cli, hessian_cli, saturation_cli, spikes_cli; "
+          "print('lensjax.cli' in sys.modules)")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+  assert done.stdout.strip() == "False", done.stdout + done.stderr

@@ -11,6 +11,9 @@ the spikes test runs them on the Transformer again, end to end.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,8 +192,8 @@ def test_restriction_to_one_block_is_the_dense_sub_block(mlp):
     top = top_eigenpair(p["loss_fn"], p["params"], p["batch"], random_vector(p, 5), 60, mask=mask)
   assert abs(float(top.eigenvalue) - expected) < 1e-8 * abs(expected)
   assert np.all(np.delete(flat(top.vector), index) == 0.0)
-  scanned = layers.layer_mask({"layers": {"w": jnp.zeros((3, 2))}, "embed": jnp.zeros(4)}, ModelConfig(num_layers=3,
-                                                                                                scan_layers=True), 1)
+  scanned = layers.layer_mask({"layers": {"w": jnp.zeros((3, 2))}, "embed": jnp.zeros(4)},
+                              ModelConfig(num_layers=3, scan_layers=True), 1)
   assert np.asarray(scanned["layers"]["w"]).ravel().tolist() == [False, True, False] and scanned["embed"] is False
 
 
@@ -274,3 +277,24 @@ def test_hessian_every_must_not_be_negative():
   config = Config().updated({"stats.hessian_every": -1})
   with pytest.raises(InputError, match="stats.hessian_every"):
     config_lib.validate(config, 1)
+
+
+def test_plain_cross_entropy_is_the_masked_mean_of_logz_minus_the_target_logit():
+  rng = np.random.default_rng(3)
+  logits = (3 * rng.normal(size=(2, 5, 7))).astype(np.float32)
+  targets = rng.integers(0, 7, (2, 5))
+  mask = (rng.uniform(size=(2, 5)) > 0.3).astype(np.float32)
+  logz = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+  nll = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  got = operators.next_token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
+  assert got.dtype == jnp.float32
+  assert float(got) == pytest.approx((nll * mask).sum() / mask.sum(), rel=1e-6)
+  nothing = operators.next_token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.zeros((2, 5)))
+  assert float(nothing) == 0.0
+
+
+def test_the_hessian_package_imports_nothing_above_it():
+  code = ("import sys, lensjax.hessian.metrics, lensjax.hessian.spectrum; "
+          "print([m for m in sys.modules if m.startswith(('lensjax.train', 'lensjax.analysis', 'lensjax.report'))])")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+  assert done.stdout.strip() == "[]", done.stdout

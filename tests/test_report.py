@@ -236,8 +236,8 @@ def test_event_counts_bin_onto_the_next_logging_step():
 def test_deep_model_curves_use_a_colour_bar_and_survive_nan(tmp_path):
   values = np.linspace(0, 1, 12 * 5).reshape(12, 5)
   values[3, 2], values[4, 1] = np.nan, np.inf
-  path = figures_layers.layer_curves([figures_layers.LayerPanel("training batch", np.arange(5) * 10, values)], "deep", "fraction",
-                              str(tmp_path / "deep.png"))
+  path = figures_layers.layer_curves([figures_layers.LayerPanel("training batch", np.arange(5) * 10, values)], "deep",
+                                     "fraction", str(tmp_path / "deep.png"))
   with open(path, "rb") as f:
     assert f.read(8) == PNG_MAGIC
 
