@@ -309,6 +309,19 @@ def load_json(path: str) -> Config:
 # --------------------------------------------------------------------------
 # Validation.
 
+# The stationary law of a Markov start is solved for densely over the V^k contexts.
+MAX_STATIONARY_CONTEXTS = 4096
+
+
+def stationary_start_problem(initial: str, vocab_size: int, order: int) -> str | None:
+  """The sentence refusing a stationary start over too many contexts, or None when it is fine."""
+  contexts = int(vocab_size)**int(order)
+  if initial != "stationary" or contexts <= MAX_STATIONARY_CONTEXTS:
+    return None
+  return (f"data.markov_initial=stationary solves for a law over data.vocab_size**data.markov_order = {contexts:,} "
+          f"contexts, more than {MAX_STATIONARY_CONTEXTS:,}; use data.markov_initial=uniform or a smaller vocabulary "
+          "or order.")
+
 
 def _check(ok: bool, message: str) -> None:
   if not ok:
@@ -350,6 +363,9 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
          f"config key stats.spike_k is {config.stats.spike_k}; it must be a positive number.")
   _check(0.0 <= m.dropout < 1.0, f"config key model.dropout is {m.dropout}; it must be in [0, 1).")
   _check(d.markov_alpha > 0, f"config key data.markov_alpha is {d.markov_alpha}; it must be positive.")
+  if d.source == "markov":
+    _check(stationary_start_problem(d.markov_initial, d.vocab_size, d.markov_order) is None,
+           stationary_start_problem(d.markov_initial, d.vocab_size, d.markov_order) or "")
   _check(d.teacher_temperature > 0, f"config key data.teacher_temperature is {d.teacher_temperature}; it must be positive.")
   _check(0.0 < d.heldout_fraction < 1.0, f"config key data.heldout_fraction is {d.heldout_fraction}; it must be in (0, 1).")
   _check(m.d_model % m.num_heads == 0,

@@ -15,7 +15,7 @@ from lensjax.model import CAPTURES, Transformer, padded_vocab_size
 from lensjax.ops.layers import layer_trees as layer_params
 from lensjax.ops.trees import stack_trees
 from lensjax.stats import lenses as lens_lib
-from lensjax.stats.lens import StepView, run as run_lenses
+from lensjax.stats.lens import StepView, init_states, run as run_lenses
 from lensjax.train.step import model_for
 
 ALL = tuple(CAPTURES)
@@ -168,7 +168,7 @@ def logged_statistics(cfg: ModelConfig, params, every_step_only: bool = False) -
   _, captured = model.apply({"params": params}, tokens, mask, return_hidden=True)
   view = StepView({"inputs": tokens, "mask": mask}, {}, captured, None, params, params, None, None, None,
                   jnp.zeros((), jnp.int32), not every_step_only)
-  states = {lens.name: lens.init(params) for lens in lenses if lens.init(params) is not None}
+  states = init_states(lenses, params)
   return run_lenses(lenses, states, view)[1], model
 
 

@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -213,10 +212,9 @@ def test_resume_refuses_a_checkpoint_that_holds_other_lenses_state(tmp_path):
   try:
     checkpoints.save(4, {"step": np.int32(4)}, {"config": config_lib.to_dict(config), "lenses": ["spikes"]})
     checkpoints.wait()
-    state_with_more = types.SimpleNamespace(lens_state={"dead_units": {}, "spikes": {}})
     with pytest.raises(InputError, match=r"the lenses with state \(checkpoint spikes, config dead_units, spikes\)"):
-      checkpoints.check_compatible(config, config_lib.STATE_KEYS, state_with_more)
-    checkpoints.check_compatible(config, config_lib.STATE_KEYS, types.SimpleNamespace(lens_state={"spikes": {}}))
+      checkpoints.check_compatible(config, config_lib.STATE_KEYS, ["dead_units", "spikes"])
+    checkpoints.check_compatible(config, config_lib.STATE_KEYS, ["spikes"])
   finally:
     checkpoints.close()
 

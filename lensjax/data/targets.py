@@ -19,6 +19,7 @@ from lensjax.data.law import TargetLaw, log64
 from lensjax.data.markov_chain import (conditional_rows, cumulative_rows, context_index, dirichlet_transition,
                                        sample_markov, start_conditionals, stationary_context_distribution,
                                        uniform_start_tables)
+from lensjax.config import stationary_start_problem
 from lensjax.errors import InputError
 from lensjax.ops.arrays import F32
 from lensjax.ops.distributions import entropy_nats
@@ -41,9 +42,6 @@ _TRAINING_SET_CHUNK = 4096
 # sequence has the same law, and n >= k tokens have the entropy
 # H(X_1..X_k) + (n - k) h, h the entropy rate: H(X_1) + (n - 1) h for k = 1).
 INITIALS = ("uniform", "stationary")
-
-# The stationary distribution is solved for densely over the V^k contexts.
-MAX_STATIONARY_CONTEXTS = 4096
 
 
 class MarkovTarget:
@@ -274,11 +272,7 @@ def _check_markov_args(vocab_size: int, order: int, alpha: float,
         f"{MAX_TRANSITION_ENTRIES:,} allowed; reduce vocab_size or order.")
   if initial not in INITIALS:
     raise InputError(f"Markov initial={initial!r} must be one of {', '.join(INITIALS)}.")
-  contexts = int(vocab_size)**int(order)
-  if initial == "stationary" and contexts > MAX_STATIONARY_CONTEXTS:
-    # Named by its config keys: a config is how a run asks for this chain, and make_source
-    # builds it before anything compiles.
-    raise InputError(
-        f"data.markov_initial=stationary solves for a law over data.vocab_size**data.markov_order = {contexts:,} "
-        f"contexts, more than {MAX_STATIONARY_CONTEXTS:,}; use data.markov_initial=uniform or a smaller vocabulary "
-        "or order.")
+  # Named by its config keys: a config is how a run asks for this chain (validated before anything compiles).
+  problem = stationary_start_problem(initial, vocab_size, order)
+  if problem:
+    raise InputError(problem)

@@ -33,11 +33,24 @@ def teacher_config(vocab_size: int, seq_len: int, num_layers: int, d_model: int,
                      vocab_size=vocab_size, max_len=seq_len, init_std=1.0 / math.sqrt(d_model))
 
 
-@functools.partial(jax.jit, static_argnames=("log_probs", "seq_len"))
-def sample_teacher(params, key, first_B, *, log_probs: sampling.TransformerLogProbs, seq_len: int):
-  """Ancestral samples of T+1 tokens from x_0 = `first_B`: tokens [B, T+1] and their conditionals [B, T, V]."""
-  tokens_BxTp1, _, _ = sampling.sample_without_cache(functools.partial(log_probs, params), key, first_B, seq_len)
-  return tokens_BxTp1, jnp.exp(log_probs(params, tokens_BxTp1[:, :seq_len]))
+@functools.partial(jax.jit, static_argnames=("cfg", "seq_len"))
+def sample_teacher(params, key, first_B, temperature, *, cfg: ModelConfig, seq_len: int):
+  """Ancestral samples of T+1 tokens from x_0 = `first_B`: tokens [B, T+1] and their conditionals [B, T, V].
+
+  x_{t+1} is drawn from softmax(logits_t / temperature) with the key fold_in(key, t): the teacher's batches
+  have always been drawn so, one step ahead of `lensjax.sampling`'s schedule, and stay as they were.
+  """
+  model = Transformer(cfg)
+  tokens_BxTp1 = jnp.zeros((first_B.shape[0], seq_len + 1), jnp.int32).at[:, 0].set(first_B)
+
+  def next_token(t, tokens_BxTp1):
+    logits_BxTxV, _ = model.apply({"params": params}, tokens_BxTp1[:, :seq_len])
+    draw_B = jax.random.categorical(jax.random.fold_in(key, t), logits_BxTxV[:, t] / temperature)
+    return tokens_BxTp1.at[:, t + 1].set(draw_B)
+
+  tokens_BxTp1 = jax.lax.fori_loop(0, seq_len, next_token, tokens_BxTp1)
+  logits_BxTxV, _ = model.apply({"params": params}, tokens_BxTp1[:, :seq_len])
+  return tokens_BxTp1, jax.nn.softmax(logits_BxTxV / temperature, axis=-1)
 
 
 class TeacherTarget:
@@ -55,7 +68,8 @@ class TeacherTarget:
 
   def token_conditionals(self, inputs_BxT: np.ndarray) -> np.ndarray:
     """The true p(x_{t+1} | x<=t) for arbitrary given inputs [B, T'] with T' <= seq_len."""
-    return np.asarray(jnp.exp(self.log_probs(self.params, jnp.asarray(inputs_BxT, jnp.int32))), np.float32)
+    logits, _ = self.model.apply({"params": self.params}, jnp.asarray(inputs_BxT, jnp.int32))
+    return np.asarray(jax.nn.softmax(logits / self.temperature, axis=-1), np.float32)
 
   def law(self) -> TargetLaw:
     """The teacher as a sequence law: a uniform x_0, then its tempered conditionals; no closed-form entropy."""
@@ -68,8 +82,8 @@ class TeacherTarget:
     rng = base.make_rng(self.seed, base.split_stream_id(split), base.check_step(step))
     first_B = rng.integers(0, self.vocab_size, size=batch_size)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
-    tokens_BxTp1, probs_BxTxV = sample_teacher(self.params, key, jnp.asarray(first_B, jnp.int32),
-                                               log_probs=self.log_probs, seq_len=self.seq_len)
+    tokens_BxTp1, probs_BxTxV = sample_teacher(self.params, key, jnp.asarray(first_B, jnp.int32), self.temperature,
+                                               cfg=self.model.cfg, seq_len=self.seq_len)
     batch = base.next_token_batch(np.asarray(tokens_BxTp1)[rows])
     batch["target_probs"] = np.asarray(probs_BxTxV, np.float32)[rows]
     return batch

@@ -96,9 +96,9 @@ class Checkpoints:
                        "remove the directory to start afresh.")
     return None, None
 
-  def check_compatible(self, config, keys: tuple[str, ...], state) -> None:
+  def check_compatible(self, config, keys: tuple[str, ...], lenses: list[str]) -> None:
     """Raises InputError when the newest checkpoint was written under an incompatible config: one of `keys`
-    differs, or the checkpoint holds the state of other lenses than `state` has."""
+    differs, or the checkpoint holds the state of other lenses than those named in `lenses`."""
     from lensjax.config import resume_conflicts
     step = self.latest_step()
     if step is None:
@@ -108,7 +108,7 @@ class Checkpoints:
     except Exception:  # unreadable metadata: restore_latest_valid reports it
       return
     conflicts = resume_conflicts(meta.get("config", {}), config, keys)
-    saved_lenses, lenses = meta.get(LENSES_KEY), sorted(state.lens_state)
+    saved_lenses, lenses = meta.get(LENSES_KEY), sorted(lenses)
     if saved_lenses is not None and saved_lenses != lenses:
       conflicts.append(f"the lenses with state (checkpoint {', '.join(saved_lenses) or 'none'}, "
                        f"config {', '.join(lenses) or 'none'})")

@@ -68,6 +68,7 @@ class DeadUnitsLens(Lens):
   `units/steps_since_active` [L, F] on logging steps."""
   name = "dead_units"
   every_step = True
+  stateful = True
   needs = frozenset({"ffn_hidden"})
   resume_keys = ("model.num_layers", "model.d_ff")
   event_logs = (EVENT_LOG,)

@@ -53,6 +53,7 @@ class Lens:
   """A statistic of the train step. Subclasses set `name` and override what they use."""
   name: str = ""
   every_step: bool = False  # also in the plain step (it must see every step)
+  stateful: bool = False  # keeps a slice of the train state (then `init` returns it)
   needs: frozenset[str] = frozenset()
   resume_keys: tuple[str, ...] = ()  # config keys that fix the shape or meaning of its state
   event_logs: tuple[str, ...] = ()  # WORKDIR/<name>.jsonl files its host half writes events to
@@ -89,9 +90,13 @@ def needs_of(lenses: Sequence[Lens]) -> frozenset[str]:
 
 
 def init_states(lenses: Sequence[Lens], params) -> dict:
-  """`TrainState.lens_state`: the slices of the lenses that keep state, by name."""
-  states = {lens.name: lens.init(params) for lens in lenses}
-  return {name: state for name, state in states.items() if state is not None}
+  """`TrainState.lens_state`: the slices of the stateful lenses, by name."""
+  return {lens.name: lens.init(params) for lens in lenses if lens.stateful}
+
+
+def stateful_names(lenses: Sequence[Lens]) -> list[str]:
+  """The names under which `init_states` keeps state, known without building anything."""
+  return sorted(lens.name for lens in lenses if lens.stateful)
 
 
 def run(lenses: Sequence[Lens], states: dict, view: StepView) -> tuple[dict, dict]:

@@ -61,6 +61,7 @@ class SpikeLens(Lens):
   """`spike/detected`, `spike/count`, `spike/last_step` on every step."""
   name = "spikes"
   every_step = True
+  stateful = True
   resume_keys = ("stats.spike_window",)  # the window's length is an array shape in the state
 
   def __init__(self, window: int, k: float):

@@ -27,7 +27,7 @@ from lensjax.io.run_logger import RunLogger
 from lensjax.model import has_ffn
 from lensjax.signals import SigtermFlag
 from lensjax.stats import lenses as lens_lib
-from lensjax.stats.lens import Lens, event_logs, resume_keys
+from lensjax.stats.lens import Lens, event_logs, resume_keys, stateful_names
 from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
 from lensjax.train.state import MIGRATE, create_state
@@ -95,9 +95,9 @@ def build(config: config_lib.Config, mesh=None) -> Run:
              evaluation(probe_lenses, "probe/loss"), schedule, train_lenses + eval_lenses + probe_lenses)
 
 
-def resume_config_keys(run: Run) -> tuple[str, ...]:
+def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
   """The config keys a checkpoint must share with this run: the state's own and those of its lenses."""
-  return config_lib.STATE_KEYS + resume_keys(run.lenses)
+  return config_lib.STATE_KEYS + resume_keys(lens_lib.train_lenses(config))
 
 
 def halt_message(run: Run, state, checkpoints: Checkpoints) -> str:
@@ -210,8 +210,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save,
                             config.checkpoint.keep_every, cleanup_unfinished=True,
                             migrate=MIGRATE)
+  checkpoints.check_compatible(config, resume_config_keys(config), stateful_names(lens_lib.train_lenses(config)))
   run = build(config)
-  checkpoints.check_compatible(config, resume_config_keys(run), run.state)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
