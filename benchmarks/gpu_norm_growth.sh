@@ -42,9 +42,7 @@ EOF
 if [ "$limit" -gt 0 ]; then head -n "$limit" "$runs/members.txt" > "$runs/m" && mv "$runs/m" "$runs/members.txt"; fi
 say "$(wc -l < "$runs/members.txt") members, $steps steps each, $parallel at a time; $("$py" -c 'import jax; print(jax.devices())' 2>&1 | tail -1)"
 
-# The saturation command: `lensjax saturation` once cli.py wires it, else the module itself.
 saturation=(-m lensjax saturation)
-"$py" -m lensjax saturation --help > /dev/null 2>&1 || saturation=(-m lensjax.analysis.saturation_cli)
 
 train_member() {  # NAME OVERRIDES...
   local name=$1; shift

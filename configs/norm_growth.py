@@ -8,7 +8,7 @@ setting in which ‖θ_t‖ grows like √t; `norm/params`, `norm/cos_step` and
 `norm/alignment` are logged every `log_every` steps, and the saturation
 statistics (`eval/saturation/layer_{l}`, `eval/saturated_head/...`, c = 1000)
 every `stats.saturation_every` steps. Fit the growth laws afterwards with
-`python -m lensjax.analysis.growth WORKDIR` and look at the final checkpoint
+`lensjax growth --workdir WORKDIR` and look at the final checkpoint
 with `lensjax saturation --workdir WORKDIR`.
 
 SWEEP is the weight decay × learning rate grid of the experiment, in the

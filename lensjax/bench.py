@@ -211,14 +211,14 @@ def _duration(seconds: float) -> str:
 def bench_entropy(config: config_lib.Config, params, source, steps: int, warmup: int = WARMUP,
                   max_chunk_elements: int | None = None) -> list[dict]:
   """The exact pass: every chunk of prefixes if `auto` enumerates this V^T, else one chunk of them."""
-  from lensjax.analysis import entropy
+  from lensjax.analysis import entropy, entropy_terms
   cfg, law, V, T, log_initial_V = _analysis_model(config, source)
   total = V**T
-  chunk = entropy.chunk_size(cfg, V, T, total, max_chunk_elements or entropy.MAX_CHUNK_ELEMENTS)
+  chunk = entropy_terms.chunk_size(cfg, V, T, total, max_chunk_elements or entropy_terms.MAX_CHUNK_ELEMENTS)
   full = law is not None and total <= entropy.MAX_ENUMERATE
   # One chunk of a large V^T: prefix digits in base 1 are all zero, which is the same program (the work does
   # not depend on the token values) without int32 prefix numbers that V^T would overflow.
-  fn = jax.jit(functools.partial(entropy.prefix_terms, model_fn=entropy.model_apply_fn(cfg),
+  fn = jax.jit(functools.partial(entropy_terms.prefix_terms, model_fn=entropy_terms.model_apply_fn(cfg),
                                  target_fn=law.log_probs if law else None, chunk=chunk, vocab_size=V if full else 1,
                                  seq_len=T, total=total if full else chunk))
   args = (params, law.params if law else None, log_initial_V)
@@ -255,10 +255,10 @@ def sampler_batch(cfg: config_lib.ModelConfig, seq_len: int, budget: int = SAMPL
 
 def bench_sampler(config: config_lib.Config, params, source, steps: int, warmup: int = WARMUP) -> list[dict]:
   """One batch of ancestral samples of the model with the KV cache, as the Monte Carlo estimate draws them."""
-  from lensjax.analysis import entropy
+  from lensjax.analysis import entropy_terms
   cfg, _, _, T, log_initial_V = _analysis_model(config, source)
   B, cache_bytes = sampler_batch(cfg, T)
-  fn = jax.jit(functools.partial(entropy.model_sample_terms, cfg=cfg, seq_len=T, batch=B))
+  fn = jax.jit(functools.partial(entropy_terms.model_sample_terms, cfg=cfg, seq_len=T, batch=B))
   args = (params, jax.random.PRNGKey(0), log_initial_V)
   compiled, compile_s = _compile(fn, *args)
   times = _time_calls(compiled, lambda: args, steps, warmup)

@@ -15,7 +15,6 @@ cached and the full forward pass agree up to float summation order).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
@@ -44,11 +43,6 @@ class TransformerLogProbs:
   def __call__(self, params, tokens_BxT: jax.Array) -> jax.Array:
     logits_BxTxV, _ = Transformer(self.cfg).apply({"params": params}, tokens_BxT)
     return jax.nn.log_softmax(logits_BxTxV.astype(F32) / self.temperature, axis=-1)
-
-
-def model_log_probs_fn(params, cfg: ModelConfig) -> LogProbsFn:
-  """log q(·|x≤t) of a model for every position of a batch, in float32."""
-  return functools.partial(TransformerLogProbs(cfg), params)
 
 
 def draw(key: jax.Array, t, log_probs_BxV: jax.Array) -> jax.Array:

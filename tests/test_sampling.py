@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ def test_cached_sampler_draws_the_same_sequences_as_the_uncached_one_and_follows
   n, key = 2048, jax.random.PRNGKey(7)
   first_B = sampling.draw_first(key, jnp.log(jnp.full((V,), 1.0 / V)), n)
   cached = jax.jit(lambda p, k, f: sampling.sample_with_cache(p, k, f, cfg=cfg, seq_len=T))
-  uncached = jax.jit(lambda p, k, f: sampling.sample_without_cache(sampling.model_log_probs_fn(p, cfg), k, f, T))
+  uncached = jax.jit(lambda p, k, f: sampling.sample_without_cache(functools.partial(sampling.TransformerLogProbs(cfg), p), k, f, T))
   tokens, chosen, entropies = cached(params, key, first_B)
   ref_tokens, ref_chosen, ref_entropies = uncached(params, key, first_B)
   tokens = np.asarray(tokens)

@@ -24,6 +24,17 @@ TINY = ModelConfig(num_layers=2, d_model=32, num_heads=4, d_ff=64, vocab_size=8,
 B, T = 8, 16
 
 
+def saturated_probs(logits_BxHxTxT, scale):
+  """softmax(where(causal, c·s, -inf)): attention of logits s scaled by c, masked after scaling.
+
+  The reference for what `Attention` computes at c·θ; as c → ∞ it tends to the
+  uniform distribution over each query's tied largest visible logits.
+  """
+  T = logits_BxHxTxT.shape[-1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+  return jax.nn.softmax(jnp.where(causal_TxT, scale * logits_BxHxTxT.astype(jnp.float32), -jnp.inf), axis=-1)
+
+
 def tiny_params(cfg: ModelConfig = TINY, seed: int = 0):
   return Transformer(cfg).init(jax.random.PRNGKey(seed), jnp.zeros((1, T), jnp.int32))["params"]
 
@@ -46,12 +57,12 @@ def test_saturated_attention_is_uniform_over_tied_maxima():
   logits = np.full((1, 1, 4, 4), -3.0, np.float32)
   logits[0, 0, 3] = [2.0, 5.0, 5.0, 1.0]  # a tie for the maximum: keys 1 and 2
   logits[0, 0, 2, :3] = [0.5, 0.5, 0.5]  # a three-way tie
-  probs = np.asarray(saturation.saturated_probs(jnp.asarray(logits), 1000.0))[0, 0]
+  probs = np.asarray(saturated_probs(jnp.asarray(logits), 1000.0))[0, 0]
   np.testing.assert_array_equal(probs[3], [0.0, 0.5, 0.5, 0.0])
   np.testing.assert_allclose(probs[2], [1 / 3, 1 / 3, 1 / 3, 0.0], rtol=1e-6)
   np.testing.assert_array_equal(probs[0], [1.0, 0.0, 0.0, 0.0])
   # Unscaled, the same logits are soft: the limit is what the scale buys.
-  assert np.asarray(saturation.saturated_probs(jnp.asarray(logits), 1.0))[0, 0, 3, 0] > 0.01
+  assert np.asarray(saturated_probs(jnp.asarray(logits), 1.0))[0, 0, 3, 0] > 0.01
 
 
 def test_causal_positions_stay_masked_after_scaling():
@@ -59,7 +70,7 @@ def test_causal_positions_stay_masked_after_scaling():
   logits = rng.normal(size=(2, 3, T, T)).astype(np.float32)
   logits[:, :, np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] = 100.0  # the future looks best
   future = ~np.tril(np.ones((T, T), bool))
-  probs = np.asarray(saturation.saturated_probs(jnp.asarray(logits), 1000.0))
+  probs = np.asarray(saturated_probs(jnp.asarray(logits), 1000.0))
   assert np.all(np.isfinite(probs)) and np.all(probs[..., future] == 0.0)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
   # The model fills masked logits with finfo.min, not -inf: the same probabilities at this scale.

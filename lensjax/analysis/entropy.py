@@ -60,8 +60,6 @@ import numpy as np
 
 from lensjax.analysis import entropy_terms as terms
 from lensjax.analysis.entropy_terms import MAX_CHUNK_ELEMENTS, chunk_size, model_apply_fn
-# Re-exported for bench.py, which times these terms on their own.
-from lensjax.analysis.entropy_terms import model_sample_terms, prefix_terms  # noqa: F401
 from lensjax.config import Config, ModelConfig
 from lensjax.data.law import TargetLaw
 from lensjax.errors import InputError

@@ -91,17 +91,6 @@ def token_cosine(a_NxD, b_NxD):
   return jnp.sum(a_NxD * b_NxD, axis=-1) / jnp.maximum(norms_N, 1e-30)
 
 
-def saturated_probs(logits_BxHxTxT, scale):
-  """softmax(where(causal, c·s, -inf)): attention of logits s scaled by c, masked after scaling.
-
-  The reference for what `Attention` computes at c·θ; as c → ∞ it tends to the
-  uniform distribution over each query's tied largest visible logits.
-  """
-  T = logits_BxHxTxT.shape[-1]
-  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-  return jax.nn.softmax(jnp.where(causal_TxT, scale * logits_BxHxTxT.astype(F32), -jnp.inf), axis=-1)
-
-
 def head_key_counts(probs_LxBxHxTxT, mask_BxT, threshold: float = WEIGHT_THRESHOLD):
   """Per head [L, H]: mean over real queries of #keys above `threshold`, and of that count / visible keys.
 

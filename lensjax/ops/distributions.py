@@ -1,6 +1,6 @@
 """Entropy and KL divergence of categorical distributions over the last axis, with 0 log 0 = 0.
 
-In jnp (traceable) from probabilities, log-probabilities or logits, and in
+In jnp (traceable) from probabilities or log-probabilities, and in
 NumPy float64 for laws known on the host.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from lensjax.ops.arrays import F32
 
 
 def entropy_of_probs(p_xV) -> jax.Array:
@@ -23,11 +21,6 @@ def entropy_of_log_probs(log_p_xV) -> jax.Array:
   """H(p) from log p (−inf allowed)."""
   p = jnp.exp(log_p_xV)
   return -jnp.sum(jnp.where(p > 0, p * log_p_xV, 0.0), axis=-1)
-
-
-def entropy_of_logits(z_xV) -> jax.Array:
-  """H(softmax(z)), in float32."""
-  return entropy_of_log_probs(jax.nn.log_softmax(z_xV.astype(F32), axis=-1))
 
 
 def kl_of_probs(p_xV, log_q_xV) -> jax.Array:

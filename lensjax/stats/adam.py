@@ -19,12 +19,16 @@ from lensjax.stats.lens import Lens
 from lensjax.stats.norms import group_sums
 
 
-class AdamLens(Lens):
-  """`adam/g2_over_v/layer_{l}`, `adam/update_grad_cos`, `adam/update_saturated`."""
-  name = "adam"
+class _AdamStateLens(Lens):
+  """A lens of Adam's moments in the optimiser state after this step's update."""
 
   def __init__(self, optim_cfg: OptimConfig, model_cfg: ModelConfig):
     self.optim_cfg, self.model_cfg = optim_cfg, model_cfg
+
+
+class AdamLens(_AdamStateLens):
+  """`adam/g2_over_v/layer_{l}`, `adam/update_grad_cos`, `adam/update_saturated`."""
+  name = "adam"
 
   def update(self, state, view):
     adam = find_adam_state(view.opt_state)
@@ -48,12 +52,9 @@ class AdamLens(Lens):
     return state, metrics
 
 
-class UnitSecondMomentLens(Lens):
+class UnitSecondMomentLens(_AdamStateLens):
   """`units/adam_v` [L, F]: per FFN unit, the mean bias-corrected v̂ over its weights in and out."""
   name = "unit_adam_v"
-
-  def __init__(self, optim_cfg: OptimConfig, model_cfg: ModelConfig):
-    self.optim_cfg, self.model_cfg = optim_cfg, model_cfg
 
   def update(self, state, view):
     adam = find_adam_state(view.opt_state)

@@ -1,0 +1,161 @@
+"""The config tree: one frozen dataclass per section, the allowed choices, and machine-dependent resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  num_layers: int = 2
+  d_model: int = 64
+  num_heads: int = 4
+  d_ff: int = 256
+  vocab_size: int = 0  # 0: take it from the data source
+  vocab_multiple: int = 1  # pad the output layer to a multiple of this (128 on GPU)
+  max_len: int = 128
+  activation: str = "relu"  # relu | gelu | swiglu
+  active_threshold: float = 0.0  # a unit is active on a token when A > this
+  norm: str = "pre"  # pre | post
+  block: str = "attention+ffn"  # attention+ffn | attention_only | ffn_only
+  positions: str = "learned"  # learned | rotary
+  tie_embeddings: bool = True
+  use_bias: bool = True
+  dropout: float = 0.0
+  dtype: str = "float32"  # compute dtype; parameters are always float32
+  attention: str = "xla"  # xla (explicit softmax) | cudnn | auto (cudnn on GPU)
+  scan_layers: bool = False
+  remat: bool = False
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str = "markov"  # markov | teacher | bytes | tokens
+  seq_len: int = 64
+  seed: int = 0  # seed of the target distribution itself
+  vocab_size: int = 16  # markov and teacher targets
+  markov_order: int = 1
+  markov_alpha: float = 0.1  # Dirichlet concentration of transition rows
+  markov_initial: str = "uniform"  # first `markov_order` tokens: uniform | stationary (the chain's stationary law)
+  teacher_layers: int = 2
+  teacher_d_model: int = 64
+  teacher_heads: int = 4
+  teacher_temperature: float = 1.0
+  num_sequences: int = 0  # >0: a finite training set of N sequences
+  path: str = ""  # bytes: a text file ("" = built-in corpus); tokens: a .bin file
+  token_dtype: str = "uint16"
+  heldout_fraction: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  name: str = "adamw"  # adamw | adam | sgd | adafactor
+  lr: float = 3e-3
+  schedule: str = "cosine"  # constant | cosine | linear | rsqrt
+  warmup_steps: int = 50
+  min_lr_ratio: float = 0.1  # cosine / linear decay floor as a fraction of lr
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  momentum: float = 0.9  # sgd
+  weight_decay: float = 0.0
+  decay_exempt: bool = True  # no weight decay on norms, biases, embeddings
+  clip_norm: float = 1.0  # global-norm clipping; 0 disables
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 300
+  batch_size: int = 32  # global, across all devices and processes
+  seed: int = 0  # initialisation and dropout (data order: data.seed)
+  nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsConfig:
+  dead_window: int = 100  # a unit is dead after this many steps without activity
+  attention_sub_batch: int = 4  # rows for attention statistics when attention=cudnn
+  probe_tokens: int = 0  # >0: FFN/attention statistics on a fixed held-out probe batch of this many tokens
+  saturation_every: int = 0  # >0: eval/saturation/* and eval/saturated_head/* (c = 1000) every this many steps
+  hessian_every: int = 0  # >0: hessian/* (power iteration, Hutchinson trace) every this many steps; 0 = off
+  hessian_power_iters: int = 20  # power iterations per hessian/* measurement, warm-started (3x the first time)
+  hessian_trace_probes: int = 8  # Rademacher probes of the Hutchinson trace (0: no hessian/trace)
+  spike_window: int = 20  # spike/*: a loss is a spike above the median of the previous this-many losses ...
+  spike_k: float = 6.0  # ... by more than this many median absolute deviations
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  save_every: int = 100
+  keep: int = 3  # the newest checkpoints kept
+  keep_every: int = 0  # >0: also keep every checkpoint whose step is a multiple of this (history for replay)
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  log_every: int = 10
+  eval_every: int = 100  # 0 disables held-out evaluation
+  entropy_every: int = 0  # >0: whole-sequence entropy and KL (eval/entropy_*_seq) every this many steps; 0 disables
+  eval_batches: int = 2
+  progress: str = "auto"  # auto (a live line on a terminal) | lines | none
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+  fsdp: int = 1  # devices that split parameters and optimiser state (1: replicate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The whole run; frozen and hashable, so compiled functions can be cached on it (change it with `updated`)."""
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  stats: StatsConfig = dataclasses.field(default_factory=StatsConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+
+  def updated(self, values: dict[str, Any]) -> Config:
+    """A copy with Python values under dotted keys: `config.updated({"model.num_layers": 4})`."""
+    from lensjax.config.files import updated  # the files layer builds on these sections
+    return updated(self, values)
+
+
+CHOICES = {
+    "model.activation": ("relu", "gelu", "swiglu"),
+    "model.norm": ("pre", "post"),
+    "model.block": ("attention+ffn", "attention_only", "ffn_only"),
+    "model.positions": ("learned", "rotary"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.attention": ("xla", "cudnn", "auto"),
+    "data.source": ("markov", "teacher", "bytes", "tokens"),
+    "data.token_dtype": ("uint16", "uint32"),
+    "optim.name": ("adamw", "adam", "sgd", "adafactor"),
+    "optim.schedule": ("constant", "cosine", "linear", "rsqrt"),
+    "logging.progress": ("auto", "lines", "none"),
+    "data.markov_initial": ("uniform", "stationary"),
+    "train.nan_policy": ("halt", "skip"),
+}
+
+
+# Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG); the
+# lenses add the keys of theirs (`Lens.resume_keys`). The rest (steps, logging and checkpoint intervals, learning
+# rate, ...) may change on resume.
+STATE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+                   if f.name not in ("dropout", "attention", "remat", "dtype")) + (
+                       "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed")
+
+
+def resolve(config: Config, platform: str) -> Config:
+  """Fills the values that depend on the data or the machine (written to config.json)."""
+  model = config.model
+  if model.attention == "auto":
+    gpu_ready = platform == "gpu" and model.dtype in ("bfloat16", "float16")
+    model = dataclasses.replace(model, attention="cudnn" if gpu_ready else "xla")
+  if model.vocab_size == 0:
+    model = dataclasses.replace(model, vocab_size={"bytes": 256}.get(config.data.source, config.data.vocab_size))
+  return dataclasses.replace(config, model=model)

@@ -1,0 +1,107 @@
+"""Validation of a whole config before anything compiles, and resume compatibility with a checkpoint's config."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from lensjax.config.files import to_dict
+from lensjax.config.sections import CHOICES, STATE_KEYS, Config
+from lensjax.errors import InputError
+
+
+# The stationary law of a Markov start is solved for densely over the V^k contexts.
+MAX_STATIONARY_CONTEXTS = 4096
+
+
+def stationary_start_problem(initial: str, vocab_size: int, order: int) -> str | None:
+  """The sentence refusing a stationary start over too many contexts, or None when it is fine."""
+  contexts = int(vocab_size)**int(order)
+  if initial != "stationary" or contexts <= MAX_STATIONARY_CONTEXTS:
+    return None
+  return (f"data.markov_initial=stationary solves for a law over data.vocab_size**data.markov_order = {contexts:,} "
+          f"contexts, more than {MAX_STATIONARY_CONTEXTS:,}; use data.markov_initial=uniform or a smaller vocabulary "
+          "or order.")
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise InputError(message)
+
+
+def validate(config: Config, device_count: int, process_count: int = 1, platform: str = "cpu") -> None:
+  """Raises InputError for the first problem found, before anything compiles."""
+  for key, allowed in CHOICES.items():
+    section, name = key.split(".")
+    value = getattr(getattr(config, section), name)
+    _check(value in allowed, f"config key {key} is {value!r}; choose one of {', '.join(allowed)}.")
+
+  m, d, t, o = config.model, config.data, config.train, config.optim
+  positive = {
+      "model.num_layers": m.num_layers, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
+      "model.d_ff": m.d_ff, "model.max_len": m.max_len, "model.vocab_multiple": m.vocab_multiple,
+      "data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size, "data.markov_order": d.markov_order,
+      "train.steps": t.steps, "train.batch_size": t.batch_size, "stats.dead_window": config.stats.dead_window,
+      "stats.attention_sub_batch": config.stats.attention_sub_batch,
+      "checkpoint.save_every": config.checkpoint.save_every, "checkpoint.keep": config.checkpoint.keep,
+      "logging.log_every": config.logging.log_every, "logging.eval_batches": config.logging.eval_batches,
+      "parallel.fsdp": config.parallel.fsdp, "stats.spike_window": config.stats.spike_window,
+      "stats.hessian_power_iters": config.stats.hessian_power_iters,
+  }
+  for key, value in positive.items():
+    _check(value > 0, f"config key {key} is {value}; it must be positive.")
+  nonnegative = {"model.vocab_size": m.vocab_size, "data.num_sequences": d.num_sequences,
+                 "optim.warmup_steps": o.warmup_steps, "checkpoint.keep_every": config.checkpoint.keep_every, "stats.probe_tokens": config.stats.probe_tokens,
+                 "stats.saturation_every": config.stats.saturation_every,
+                 "stats.hessian_every": config.stats.hessian_every,
+                 "stats.hessian_trace_probes": config.stats.hessian_trace_probes, "optim.weight_decay": o.weight_decay,
+                 "optim.clip_norm": o.clip_norm, "logging.eval_every": config.logging.eval_every,
+                 "logging.entropy_every": config.logging.entropy_every}
+  for key, value in nonnegative.items():
+    _check(value >= 0, f"config key {key} is {value}; it must be zero or positive.")
+  _check(o.lr > 0 and math.isfinite(o.lr), f"config key optim.lr is {o.lr}; it must be a positive number.")
+  _check(config.stats.spike_k > 0 and math.isfinite(config.stats.spike_k),
+         f"config key stats.spike_k is {config.stats.spike_k}; it must be a positive number.")
+  _check(0.0 <= m.dropout < 1.0, f"config key model.dropout is {m.dropout}; it must be in [0, 1).")
+  _check(d.markov_alpha > 0, f"config key data.markov_alpha is {d.markov_alpha}; it must be positive.")
+  if d.source == "markov":
+    _check(stationary_start_problem(d.markov_initial, d.vocab_size, d.markov_order) is None,
+           stationary_start_problem(d.markov_initial, d.vocab_size, d.markov_order) or "")
+  _check(d.teacher_temperature > 0, f"config key data.teacher_temperature is {d.teacher_temperature}; it must be positive.")
+  _check(0.0 < d.heldout_fraction < 1.0, f"config key data.heldout_fraction is {d.heldout_fraction}; it must be in (0, 1).")
+  _check(m.d_model % m.num_heads == 0,
+         f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; pick a d_model that is a multiple of num_heads.")
+  if m.positions == "rotary":
+    _check((m.d_model // m.num_heads) % 2 == 0,
+           f"rotary positions need an even head dimension, but model.d_model/model.num_heads = {m.d_model // m.num_heads}; change model.d_model or model.num_heads.")
+  _check(d.seq_len <= m.max_len,
+         f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; raise model.max_len or lower data.seq_len.")
+  _check(t.batch_size % process_count == 0,
+         f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes; use a multiple of {process_count}.")
+  _check(t.batch_size % device_count == 0,
+         f"train.batch_size={t.batch_size} is not divisible by the {device_count} devices; use a multiple of {device_count}.")
+  _check(device_count % config.parallel.fsdp == 0,
+         f"parallel.fsdp={config.parallel.fsdp} does not divide the {device_count} devices; use a divisor of {device_count}.")
+  if m.attention == "cudnn":
+    _check(platform == "gpu", f"model.attention=cudnn needs an NVIDIA GPU but this run is on {platform}; use --config.model.attention=xla (or auto).")
+    _check(m.dtype in ("bfloat16", "float16"), f"model.attention=cudnn needs model.dtype bfloat16 or float16, not {m.dtype}; change one of them.")
+  if m.vocab_size and d.source in ("markov", "teacher"):
+    _check(m.vocab_size == d.vocab_size,
+           f"model.vocab_size={m.vocab_size} differs from data.vocab_size={d.vocab_size}; set model.vocab_size=0 to take it from the data.")
+  if d.source == "tokens":
+    _check(bool(d.path), "data.source=tokens needs data.path, a binary file of token ids; pass --config.data.path=FILE.bin.")
+    _check(m.vocab_size > 0, "data.source=tokens needs model.vocab_size (the tokenizer's vocabulary); pass --config.model.vocab_size=N.")
+  if d.source in ("bytes", "tokens") and d.path:
+    _check(os.path.isfile(d.path), f"data file {d.path!r} (data.path) does not exist; pass an existing file.")
+
+
+def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:
+  """The `keys` whose value in a checkpoint's config differs from `config`'s."""
+  current = to_dict(config)
+  conflicts = []
+  for key in keys:
+    section, name = key.split(".")
+    old, new = saved.get(section, {}).get(name), current[section][name]
+    if old is not None and old != new:
+      conflicts.append(f"{key} (checkpoint {old!r}, config {new!r})")
+  return conflicts
