@@ -8,15 +8,12 @@ the command line use dotted paths: `--config.model.num_layers=4`; in Python,
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib.util
 import json
 import os
-import typing
 from typing import Any
 
-from lensjax.config.sections import Config
+from lensjax.config.sections import Config, _example, _key_type, from_dict, to_dict, updated
 from lensjax.errors import InputError
 
 
@@ -36,18 +33,6 @@ def load_config_file(path: str) -> Config:
   if not isinstance(config, Config):
     raise InputError(f"get_config() in {path!r} returned {type(config).__name__}; it must return lensjax.config.Config.")
   return config
-
-
-def _field_types(cls) -> dict[str, Any]:
-  return typing.get_type_hints(cls)
-
-
-def _all_keys(config: Config) -> list[str]:
-  keys = []
-  for section in dataclasses.fields(config):
-    for f in dataclasses.fields(getattr(config, section.name)):
-      keys.append(f"{section.name}.{f.name}")
-  return keys
 
 
 def _parse_value(key: str, text: str, kind: type) -> Any:
@@ -73,45 +58,12 @@ def _parse_value(key: str, text: str, kind: type) -> Any:
     raise InputError(f"config key {key} expects {kind.__name__}, got {text!r}; pass e.g. --config.{key}={_example(kind)}.") from None
 
 
-def _example(kind: type) -> str:
-  return {bool: "true", int: "4", float: "0.001"}.get(kind, "name")
-
-
-def unknown_key_error(key: str, config: Config) -> InputError:
-  close = difflib.get_close_matches(key, _all_keys(config), n=1)
-  hint = f"did you mean {close[0]}?" if close else "see lensjax/config.py for the keys."
-  return InputError(f"unknown config key {key!r}; {hint}")
-
-
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
   """A copy of `config` with command-line text values `{"model.num_layers": "4", ...}` applied."""
   values = {}
   for key, text in overrides.items():
     values[key] = _parse_value(key, text, _key_type(config, key))
   return updated(config, values)
-
-
-def _key_type(config: Config, key: str) -> type:
-  parts = key.split(".")
-  if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(config)}:
-    raise unknown_key_error(key, config)
-  kinds = _field_types(type(getattr(config, parts[0])))
-  if parts[1] not in kinds:
-    raise unknown_key_error(key, config)
-  return kinds[parts[1]]
-
-
-def updated(config: Config, values: dict[str, Any]) -> Config:
-  """A copy of `config` with Python values under dotted keys: `updated(c, {"model.num_layers": 4})`.
-
-  Keys and types are checked as in a config file; `config` itself is frozen and stays as it was.
-  """
-  nested = to_dict(config)
-  for key, value in values.items():
-    _key_type(config, key)
-    section, name = key.split(".")
-    nested[section][name] = value
-  return from_dict(nested)
 
 
 def parse_override_args(args: list[str]) -> dict[str, str]:
@@ -123,34 +75,6 @@ def parse_override_args(args: list[str]) -> dict[str, str]:
     key, value = arg[len("--config."):].split("=", 1)
     overrides[key] = value
   return overrides
-
-
-def to_dict(config: Config) -> dict:
-  return dataclasses.asdict(config)
-
-
-def from_dict(values: dict) -> Config:
-  """Builds a Config from nested dicts, rejecting unknown keys and wrong types."""
-  config = Config()
-  sections = {}
-  for section_name, section_values in values.items():
-    if section_name not in {f.name for f in dataclasses.fields(config)}:
-      raise unknown_key_error(section_name, config)
-    section = getattr(config, section_name)
-    kinds = _field_types(type(section))
-    checked = {}
-    for key, value in section_values.items():
-      full = f"{section_name}.{key}"
-      if key not in kinds:
-        raise unknown_key_error(full, config)
-      kind = kinds[key]
-      if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-      if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InputError(f"config key {full} expects {kind.__name__}, got {value!r}; fix the config file or pass --config.{full}={_example(kind)}.")
-      checked[key] = value
-    sections[section_name] = dataclasses.replace(section, **checked)
-  return dataclasses.replace(config, **sections)
 
 
 def save_json(config: Config, path: str) -> None:

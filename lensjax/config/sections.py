@@ -1,9 +1,14 @@
-"""The config tree: one frozen dataclass per section, the allowed choices, and machine-dependent resolution."""
+"""The config tree: one frozen dataclass per section, the allowed choices, typed construction from nested
+dicts and dotted keys, and machine-dependent resolution."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from typing import Any
+
+from lensjax.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -121,7 +126,6 @@ class Config:
 
   def updated(self, values: dict[str, Any]) -> Config:
     """A copy with Python values under dotted keys: `config.updated({"model.num_layers": 4})`."""
-    from lensjax.config.files import updated  # the files layer builds on these sections
     return updated(self, values)
 
 
@@ -140,6 +144,83 @@ CHOICES = {
     "data.markov_initial": ("uniform", "stationary"),
     "train.nan_policy": ("halt", "skip"),
 }
+
+
+# --------------------------------------------------------------------------
+# Typed construction: every key and type checked.
+
+
+def _field_types(cls) -> dict[str, Any]:
+  return typing.get_type_hints(cls)
+
+
+def _all_keys(config: Config) -> list[str]:
+  keys = []
+  for section in dataclasses.fields(config):
+    for f in dataclasses.fields(getattr(config, section.name)):
+      keys.append(f"{section.name}.{f.name}")
+  return keys
+
+
+def _example(kind: type) -> str:
+  return {bool: "true", int: "4", float: "0.001"}.get(kind, "name")
+
+
+def unknown_key_error(key: str, config: Config) -> InputError:
+  close = difflib.get_close_matches(key, _all_keys(config), n=1)
+  hint = f"did you mean {close[0]}?" if close else "see lensjax/config.py for the keys."
+  return InputError(f"unknown config key {key!r}; {hint}")
+
+
+def _key_type(config: Config, key: str) -> type:
+  parts = key.split(".")
+  if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(config)}:
+    raise unknown_key_error(key, config)
+  kinds = _field_types(type(getattr(config, parts[0])))
+  if parts[1] not in kinds:
+    raise unknown_key_error(key, config)
+  return kinds[parts[1]]
+
+
+def updated(config: Config, values: dict[str, Any]) -> Config:
+  """A copy of `config` with Python values under dotted keys: `updated(c, {"model.num_layers": 4})`.
+
+  Keys and types are checked as in a config file; `config` itself is frozen and stays as it was.
+  """
+  nested = to_dict(config)
+  for key, value in values.items():
+    _key_type(config, key)
+    section, name = key.split(".")
+    nested[section][name] = value
+  return from_dict(nested)
+
+
+def to_dict(config: Config) -> dict:
+  return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> Config:
+  """Builds a Config from nested dicts, rejecting unknown keys and wrong types."""
+  config = Config()
+  sections = {}
+  for section_name, section_values in values.items():
+    if section_name not in {f.name for f in dataclasses.fields(config)}:
+      raise unknown_key_error(section_name, config)
+    section = getattr(config, section_name)
+    kinds = _field_types(type(section))
+    checked = {}
+    for key, value in section_values.items():
+      full = f"{section_name}.{key}"
+      if key not in kinds:
+        raise unknown_key_error(full, config)
+      kind = kinds[key]
+      if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+      if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InputError(f"config key {full} expects {kind.__name__}, got {value!r}; fix the config file or pass --config.{full}={_example(kind)}.")
+      checked[key] = value
+    sections[section_name] = dataclasses.replace(section, **checked)
+  return dataclasses.replace(config, **sections)
 
 
 # Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG); the

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from lensjax.config.files import to_dict
-from lensjax.config.sections import CHOICES, STATE_KEYS, Config
+from lensjax.config.sections import CHOICES, STATE_KEYS, Config, to_dict
 from lensjax.errors import InputError
 
 
