@@ -19,7 +19,7 @@ import numpy as np
 
 from lensjax.analysis.records import family_layers, series
 from lensjax.errors import InputError
-from lensjax.report import figures_events, figures_growth, figures_layers, figures_scalars
+from lensjax.report import ensemble, ensemble_section, figures_events, figures_growth, figures_layers, figures_scalars
 from lensjax.report import page
 from lensjax.report import runs as runs_lib
 from lensjax.report import sizes
@@ -99,10 +99,10 @@ def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LA
     raise InputError(f"--last must be at least 1, got {last_n}; pass e.g. --last {DEFAULT_LAST_N}.")
   if not run_dirs:
     raise InputError("no run directory given; pass one or more --workdir directories of `lensjax train`.")
-  runs = [runs_lib.read_run(path) for path in run_dirs]  # all read before anything is written
+  runs = runs_lib.read_runs(list(run_dirs))  # all read, ensembles expanded, before anything is written
   _make_output_dir(out_dir)
   prefixes = unique_prefixes([run.name for run in runs])
-  # Seed replicas (configs equal but for train.seed) get one set of per-run figures, the first given's: the
+  # Seed replicas (configs equal but for their seeds) get one set of per-run figures, the first given's: the
   # others would repeat it. All of them are in the tables and in the figures against model size.
   groups = sizes.seed_groups(runs)
   shown = [group[0] for group in groups]
@@ -114,9 +114,22 @@ def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LA
                for run, prefix in zip(runs, prefixes)]
   points = sizes.size_points(runs, last_n)
   by_size = size_figures(points, out_dir, last_n) if len(points) > 1 else None
+  ensembles = ensemble_part(runs, prefixes, out_dir, last_n)
   markdown = page.page_markdown(summaries, run_sections, comparison, shown=shown, replicas=replicas,
-                                points=points, by_size=by_size)
+                                points=points, by_size=by_size, ensembles=ensembles)
   return page.write_page(out_dir, markdown)
+
+
+def ensemble_part(runs: Sequence[RunRecord], prefixes: Sequence[str], out_dir: str, last_n: int) -> str:
+  """The seed-ensemble section (lensjax/report/ensemble.py), runs named by their file prefixes; "" when none."""
+  groups = [dataclasses.replace(g, names=tuple(prefixes[i] for i in g.members))
+            for g in ensemble.summarised(ensemble.ensemble_groups(runs, last_n), runs)]
+  if not groups:
+    return ""
+  files = unique_prefixes([group.label for group in groups])
+  figures = [ensemble_section.ensemble_figures(group, runs, ensemble_section.figure_path(out_dir, file))
+             for group, file in zip(groups, files)]
+  return ensemble_section.ensemble_markdown(groups, figures, last_n)
 
 
 def _make_output_dir(out_dir: str) -> None:

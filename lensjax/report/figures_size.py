@@ -103,5 +103,5 @@ def against_size(panels: Sequence[SizePanel], title: str, path: str) -> str:
     ax.set_ylabel(wrap(panel.ylabel, 40))
     ax.set_title(wrap(panel.title, 48))
     ax.grid(alpha=0.3, which="both")
-  fig.suptitle(title)
+  fig.suptitle(wrap(title, 40 + 45 * len(panels)))
   return save(fig, path)

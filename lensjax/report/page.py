@@ -18,6 +18,7 @@ import numpy as np
 from lensjax.analysis.growth import growth_exponent
 from lensjax.analysis.records import series
 from lensjax.report import runs as runs_lib
+from lensjax.report.intervals import t_critical
 from lensjax.report.runs import RunRecord
 from lensjax.report.sizes import Estimate, SizePoint
 
@@ -218,8 +219,9 @@ def section_markdown(section: Section, level: int) -> str:
 def page_markdown(summaries: Sequence[RunSummary], run_sections: Sequence[Sequence[Section]],
                   comparison: Section | None, shown: Sequence[int] | None = None,
                   replicas: dict[str, list[str]] | None = None, points: Sequence[SizePoint] = (),
-                  by_size: Section | None = None) -> str:
-  """The whole page: title, (when several runs) a comparison, the models against size, then one part per run.
+                  by_size: Section | None = None, ensembles: str = "") -> str:
+  """The whole page: title, (when several runs) a comparison, seed ensembles, the models against size, then one
+  part per run.
 
   `summaries` covers every run; `run_sections` only the runs `shown` (indices into `summaries`, all by
   default); `replicas` maps a shown run to the seed replicas it stands for.
@@ -237,11 +239,14 @@ def page_markdown(summaries: Sequence[RunSummary], run_sections: Sequence[Sequen
     parts += ["## Comparison across runs\n", settings_table(summaries)]
     if replicas:
       stands = "; ".join(f"`{run}` for {', '.join(f'`{r}`' for r in others)}" for run, others in replicas.items())
-      parts.append(f"Seed replicas (runs whose configs differ only in `train.seed`) get one set of per-run and "
+      parts.append(f"Seed replicas (runs whose configs differ only in their seeds: `train.seed`, `data.seed`, "
+                   f"`data.order_seed`) get one set of per-run and "
                    f"side-by-side figures, the first one's: {stands}. Every run is in the table above and in the "
                    "figures against model size.\n")
     if comparison is not None and comparison.figures:
       parts.append(section_markdown(dataclasses.replace(comparison, heading="Side by side"), level=3))
+  if ensembles:
+    parts.append(ensembles)
   if points:
     parts.append(size_markdown(points, by_size))
   parts += [run_markdown(summaries[i], sections) for i, sections in zip(shown, run_sections)]
@@ -287,10 +292,18 @@ def size_markdown(points: Sequence[SizePoint], figures_section: Section | None) 
            f"difference and KL(P‖Q) are whole-sequence values in nats, over the {seq_len} predicted tokens given "
            "x_0; H(P)/T is the target's entropy per predicted token, the expected held-out loss of a perfect "
            "model. Seed replicas are averaged; ± is one standard error over them (and of the estimate itself when "
-           "it is Monte Carlo).\n", size_table(points)]
+           f"it is Monte Carlo), not a 95% interval{_interval_hint(points)}.\n", size_table(points)]
   if figures_section is not None and figures_section.figures:
     parts.append(section_markdown(dataclasses.replace(figures_section, heading="Figures against size"), level=3))
   return "\n".join(parts)
+
+
+def _interval_hint(points: Sequence[SizePoint]) -> str:
+  """How many standard errors a 95% interval spans for the largest replica count here (Student t, n − 1 df)."""
+  n = max(len(p.runs) for p in points)
+  if n < 2:
+    return ""
+  return f" (over {n} seeds the 95% interval of the seed spread is ± t_{{0.975, {n - 1}}} = {t_critical(n):.3f} of them)"
 
 
 def write_page(out_dir: str, markdown: str) -> str:

@@ -3,6 +3,9 @@
 A run directory holds `config.json`, `metrics.jsonl`, when units died or
 revived `neuron_events.jsonl` (formats in lensjax/io), and, when `lensjax
 sweep` trained it, `entropy.json` (whole-sequence entropies at the end).
+An ensemble directory (`lensjax train --config.train.members=N`) holds no
+run of its own but `ensemble.json` and one complete run directory per
+member; `read_runs` expands it into its members, in member order.
 Everything here is a pure function of what was read, so figures and tables
 can be tested on hand-written records without training anything.
 """
@@ -26,6 +29,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 EVENTS_FILE = "neuron_events.jsonl"
 ENTROPY_FILE = "entropy.json"  # written by `lensjax sweep` (lensjax/sweep.py)
+ENSEMBLE_FILE = "ensemble.json"  # {"members": N, "member_dirs": [...], "config": {...}} of an ensemble directory
 
 _LAYER_SUFFIX = re.compile(r"/layer_(\d+)$")
 _HEAD_SUFFIX = re.compile(r"/layer_(\d+)/head_(\d+)$")
@@ -40,6 +44,7 @@ class RunRecord:
   records: list[dict]
   events: list[dict]
   entropy: dict | None = None  # entropy.json: H(Q), H(P), KL(P||Q), num_params at the final step
+  ensemble: str | None = None  # the ensemble directory this run is a member of, when it was read through one
 
   @functools.cached_property
   def names(self) -> frozenset[str]:
@@ -74,6 +79,49 @@ def read_run(path: str) -> RunRecord:
   name = os.path.basename(os.path.normpath(os.path.abspath(path)))
   return RunRecord(name=name, path=path, config=_read_config(path), records=records, events=events,
                    entropy=_read_entropy(path))
+
+
+def is_ensemble(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, ENSEMBLE_FILE))
+
+
+def ensemble_member_dirs(path: str) -> list[str]:
+  """The member run directories of the ensemble directory `path`, in member order, from its ensemble.json."""
+  ensemble_path = os.path.join(path, ENSEMBLE_FILE)
+  fix = "restore it from the ensemble's training run, or pass the member directories (W/member_*) instead"
+  try:
+    with open(ensemble_path, encoding="utf-8") as f:
+      ensemble = json.load(f)
+  except ValueError as e:
+    raise InputError(f"{ensemble_path} is not valid JSON ({e}); {fix}.") from None
+  members = ensemble.get("members") if isinstance(ensemble, dict) else None
+  if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+    raise InputError(f"{ensemble_path} has no positive integer 'members'; {fix}.")
+  member_dirs = ensemble.get("member_dirs", [f"member_{i}" for i in range(members)])
+  if (not isinstance(member_dirs, list) or len(member_dirs) != members
+      or not all(isinstance(d, str) and d for d in member_dirs)):
+    raise InputError(f"{ensemble_path} lists {member_dirs!r} as 'member_dirs', not {members} directory names; "
+                     f"{fix}.")
+  paths = [os.path.join(path, d) for d in member_dirs]
+  missing = [p for p in paths if not os.path.isdir(p)]
+  if missing:
+    raise InputError(f"ensemble {path} lacks its member directory {missing[0]} ({len(missing)} of {members} "
+                     "missing); wait for the ensemble to write its members, or pass the members that exist.")
+  return paths
+
+
+def read_runs(paths: list[str]) -> list[RunRecord]:
+  """Every run of `paths`, an ensemble directory expanded into its members, named `ensemble/member_i`."""
+  runs = []
+  for path in paths:
+    if not is_ensemble(path):
+      runs.append(read_run(path))
+      continue
+    ensemble_name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+    for member in ensemble_member_dirs(path):
+      run = read_run(member)
+      runs.append(dataclasses.replace(run, name=f"{ensemble_name}/{run.name}", ensemble=path))
+  return runs
 
 
 def _read_config(path: str) -> dict:

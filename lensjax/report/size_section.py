@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lensjax.report import figures_size, sizes
+from lensjax.report.intervals import t_critical
 from lensjax.report.page import Section, figure_entry
 
 # How a model's block is drawn: (marker, line between the points of that block, legend suffix).
@@ -70,19 +71,23 @@ def size_figures(points: Sequence[sizes.SizePoint], out_dir: str, last_n: int) -
   seq_len = points[0].seq_len
   seeds = max(len(p.runs) for p in points)
   bars = ("error bars: ± one standard error over seed replicas (and of the estimate itself when it is Monte "
-          "Carlo; exact enumeration has none)" if seeds > 1 else
+          "Carlo; exact enumeration has none), not a 95% interval, which over "
+          f"{seeds} seeds is ± {t_critical(seeds):.3f} standard errors (Student t, {seeds - 1} df)" if seeds > 1 else
           "one run per model, so the error bars show only the estimate's own standard error (none when exact)")
+  sentence = bars[:1].upper() + bars[1:]  # str.capitalize would lower-case "Monte Carlo" and "Student"
+  # Said on the figure itself too, so a copied PNG does not pass one standard error off as an interval.
+  marks = "; bars: ± 1 standard error over seeds" if seeds > 1 else "; bars: the estimate's own standard error"
   entries = []
   path = figures_size.against_size([figures_size.SizePanel(
       "model H(Q) and target H(P)", f"entropy of the {seq_len} predicted tokens given x_0 (nats)",
       _series(points, lambda p: p.model_entropy, "model H(Q)", "tab:blue")
       + _series(points, lambda p: p.target_entropy, "target H(P)", "tab:gray", named=False, linestyle="--",
                 by_block=False))],
-      "Whole-sequence entropy against model size", output("entropy"))
+      "Whole-sequence entropy against model size" + marks, output("entropy"))
   entries.append(figure_entry(path, "H(Q) and H(P) against size",
                         f"Exact whole-sequence entropy of each model's law Q and of the target P at the end of "
                         f"training: Q below P means the model learned a lower-entropy law than the data's (Ren & "
-                        f"Liu 2025). {bars.capitalize()}."))
+                        f"Liu 2025). {sentence}."))
   threshold = symlog_threshold([p.gap.mean for p in points])
   path = figures_size.against_size([
       figures_size.SizePanel("entropy gap H(Q) − H(P)", "H(Q) − H(P) (nats per sequence"
@@ -91,10 +96,10 @@ def size_figures(points: Sequence[sizes.SizePoint], out_dir: str, last_n: int) -
                              symlog_threshold=threshold),
       figures_size.SizePanel("KL(P ‖ Q)", "KL(P ‖ Q) (nats per sequence, log)",
                              _series(points, lambda p: p.kl, "KL(P ‖ Q)", "tab:purple"), log_y=True)],
-      "Entropy gap and fit against model size", output("gap_kl"))
+      "Entropy gap and fit against model size" + marks, output("gap_kl"))
   entries.append(figure_entry(path, "entropy gap and KL against size",
                         "Left: below zero, the model is more certain than the target. Right: how far Q is from P "
-                        "at all; a gap much smaller than the KL is within the misfit. " + bars.capitalize() + "."))
+                        "at all; a gap much smaller than the KL is within the misfit. " + sentence + "."))
   panels = []
   for family, title, log_y in sizes.SIZE_FAMILIES:
     series = [s for key, label in sizes.LAYER_REDUCTIONS
@@ -105,9 +110,10 @@ def size_figures(points: Sequence[sizes.SizePoint], out_dir: str, last_n: int) -
       panels.append(figures_size.SizePanel(title, f"{family}, mean of the last {last_n} logged steps"
                                            + (" (log)" if log_y else ""), series, log_y=log_y))
   if panels:
-    path = figures_size.against_size(panels, "Dynamic sparsity against model size", output("sparsity"))
+    path = figures_size.against_size(panels, "Dynamic sparsity against model size" + marks,
+                                     output("sparsity"))
     entries.append(figure_entry(path, "FFN activity and attention bypass against size",
                           f"Per model, the last-{last_n} average of each layer, reduced to the mean over layers, "
                           "the first and the last layer: Ren & Liu 2025 report fewer active FFN units and more "
-                          "attention bypass in larger models. " + bars.capitalize() + "."))
+                          "attention bypass in larger models. " + sentence + "."))
   return Section("Against model size", entries)

@@ -2,16 +2,19 @@
 
 A sweep (`lensjax sweep`) leaves an `entropy.json` in each member's folder:
 whole-sequence H(Q), H(P), KL(P ‖ Q) at the final step and the parameter
-count. Runs whose configs differ only in `train.seed` are *seed replicas* of
-one model; they make one point, whose value is their mean and whose error bar
-is one standard error:
+count. Runs whose configs differ only in their seeds (`SEED_KEYS`) are *seed
+replicas* of one model (lensjax/report/ensemble.py summarises the same groups
+with t intervals); they make one point, whose value is their mean and whose
+error bar is one standard error:
 
     err = sqrt( s² / n  +  Σ_i e_i² / n² )
 
 with s the sample standard deviation over the n replicas (0 when n = 1) and
 e_i each replica's own standard error (0 for exact enumeration, the Monte
-Carlo error otherwise). Everything here is a pure function of the runs read
-back by `runs.read_run`, so it can be tested on hand-written records.
+Carlo error otherwise). A standard error is not a 95% interval: over n seeds
+that is t_{0.975, n−1} of them (4.30 for 3 seeds; lensjax/report/intervals.py).
+Everything here is a pure function of the runs read back by `runs.read_run`,
+so it can be tested on hand-written records.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ from lensjax.report.runs import RunRecord
 
 # Config sections that do not change what is trained: replicas may differ in them.
 _NOT_THE_MODEL = ("logging", "checkpoint")
-_SEED_SUFFIX = re.compile(r"[_.-]?(?:s|seed)\d+$")
+# The keys replicas of one setting differ in: every seed, and how many members trained beside it. A per-member
+# optim.lr or optim.weight_decay (an ensemble's grid) is a separate setting, like any other key.
+SEED_KEYS = ("train.seed", "data.seed", "data.order_seed", "train.members")
+# A replica's own part of its name: `_s3`, `-seed3`, or the `/member_3` of an ensemble's member.
+_SEED_SUFFIX = re.compile(r"(?:[_.-]?(?:s|seed)\d+|/member_\d+)$")
 # Per-layer families drawn against size: (family, what the figure calls it, log y axis). The bypass ratio spans
 # decades (the first layer adds to a bare embedding, later layers to a grown residual stream).
 SIZE_FAMILIES = (("ffn/active_token", "FFN units active per token", False),
@@ -67,15 +74,17 @@ class SizePoint:
 
 
 def seed_key(run: RunRecord) -> str:
-  """Runs with equal keys are seed replicas: equal configs once train.seed, logging and checkpointing are dropped.
+  """Runs with equal keys are seed replicas: equal configs once `SEED_KEYS`, logging and checkpointing are dropped.
 
   A run without config.json is its own group (its path is the key).
   """
   if not run.config:
     return "path:" + run.path
   config = {section: values for section, values in run.config.items() if section not in _NOT_THE_MODEL}
-  if isinstance(config.get("train"), dict):
-    config["train"] = {k: v for k, v in config["train"].items() if k != "seed"}
+  for key in SEED_KEYS:
+    section, name = key.split(".")
+    if isinstance(config.get(section), dict):
+      config[section] = {k: v for k, v in config[section].items() if k != name}
   return json.dumps(config, sort_keys=True, default=str)
 
 
