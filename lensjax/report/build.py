@@ -5,7 +5,9 @@ Each run's figures are named `{run}_{what}.png` in one flat output folder, so
 zipped whole. A figure is drawn only when its metrics were logged. Runs that
 `lensjax sweep` trained carry an entropy.json; when two or more models do,
 `size_*.png` draws H(Q) against H(P), the gap, KL and sparsity against the
-parameter count (lensjax/report/sizes.py).
+parameter count (lensjax/report/sizes.py). An ensemble directory stands for
+its members; replicas of one setting get a seed-ensemble section, each scalar
+with its 95% Student-t interval over members (lensjax/report/ensemble.py).
 """
 
 from __future__ import annotations

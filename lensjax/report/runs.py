@@ -70,7 +70,8 @@ def read_run(path: str) -> RunRecord:
   metrics_path = os.path.join(path, METRICS_FILE)
   if not os.path.isfile(metrics_path):
     raise InputError(f"{path} has no {METRICS_FILE}, so it is not a lensjax run directory (or the run logged nothing "
-                     "yet); pass the --workdir of a `lensjax train` run.")
+                     f"yet), nor an ensemble directory with {ENSEMBLE_FILE}; pass the --workdir of a `lensjax train` "
+                     "run.")
   records = _valid_records(metrics_path, read_metrics(metrics_path))
   if not records:
     raise InputError(f"{metrics_path} holds no complete record yet; wait for the run's first logging step.")
