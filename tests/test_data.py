@@ -316,3 +316,63 @@ def test_process_rows_and_steps_are_validated():
     base.process_rows(8, 2, 2)
   with pytest.raises(ValueError, match="step"):
     base.check_step(-1)
+
+
+# ------------------------------------------------------- prepared directory
+
+
+def write_prepared(directory, train_ids, val_ids, vocab_size, dtype="uint16"):
+  """A directory in the layout of `lensjax prepare`, written by hand (no tokenizer needed to read it)."""
+  import json
+  from lensjax.data import prepared
+  directory.mkdir()
+  write_ids(directory / prepared.TRAIN_FILE, train_ids, np.dtype(dtype).newbyteorder("<"))
+  write_ids(directory / prepared.VAL_FILE, val_ids, np.dtype(dtype).newbyteorder("<"))
+  (directory / prepared.META_FILE).write_text(json.dumps(
+      {"format": prepared.FORMAT, "vocab_size": vocab_size, "token_dtype": dtype, "eot_id": None}))
+  return str(directory)
+
+
+def test_a_prepared_directory_evaluates_on_val_bin_only(tmp_path):
+  from conftest import make_tiny_config
+  from lensjax.data.factory import make_source
+  directory = write_prepared(tmp_path / "prepared", np.arange(1000) % 100, 100 + np.arange(300) % 100, 70_000,
+                             "uint32")
+  source = text.PreparedTokens(directory, seq_len=16, seed=0, vocab_size=70_000)
+  assert source.vocab_size == 70_000 and source.dtype == "uint32"
+  for step in range(3):
+    train, heldout = source.batch(step, 16), source.batch(step, 16, split="heldout")
+    assert full_sequences(train).max() < 100 and full_sequences(heldout).min() >= 100
+  config = make_tiny_config(**{"data.source": "tokens", "data.path": directory, "model.vocab_size": 70_000})
+  assert isinstance(make_source(config), text.PreparedTokens)
+  with pytest.raises(InputError, match=r"model.vocab_size=300 differs from the vocabulary of 70,000 tokens in "
+                                       r".*meta.json; drop the override"):
+    make_source(config.updated({"model.vocab_size": 300}))
+
+
+def test_a_prepared_directory_fills_the_vocabulary_and_dtype_of_the_config(tmp_path):
+  from conftest import make_tiny_config
+  from lensjax import config as config_lib
+  from lensjax.data import prepared
+  directory = write_prepared(tmp_path / "prepared", np.zeros(100), np.zeros(100), 300)
+  config = make_tiny_config(**{"data.source": "tokens", "data.path": directory, "model.vocab_size": 0,
+                               "data.token_dtype": "uint32"})
+  config_lib.validate(config, 8)  # vocab_size=0 is fine for a directory
+  filled = prepared.with_prepared_vocab(config)
+  assert (filled.model.vocab_size, filled.data.token_dtype) == (300, "uint16")
+  assert prepared.with_prepared_vocab(make_tiny_config()) == make_tiny_config()
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  with pytest.raises(InputError, match=r"is a directory without meta.json; prepare it with `lensjax prepare"):
+    config_lib.validate(config.updated({"data.path": str(bare)}), 8)
+  with pytest.raises(InputError, match=r"with a .bin file needs model.vocab_size"):
+    config_lib.validate(config.updated({"data.path": write_ids(tmp_path / "ids.bin", np.zeros(100))}), 8)
+  (tmp_path / "prepared" / "meta.json").write_text("{}")
+  with pytest.raises(InputError, match=r"meta.json is not a meta.json of `lensjax prepare`"):
+    text.PreparedTokens(directory, 8, 0, 300)
+
+
+def test_a_prepared_directory_too_short_for_a_window_names_the_file(tmp_path):
+  directory = write_prepared(tmp_path / "prepared", np.zeros(100), np.zeros(5), 300)
+  with pytest.raises(InputError, match=r"val.bin.*holds 5 validation tokens but seq_len=8 needs at least 10"):
+    text.PreparedTokens(directory, 8, 0, 300)

@@ -88,10 +88,18 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
     _check(m.vocab_size == d.vocab_size,
            f"model.vocab_size={m.vocab_size} differs from data.vocab_size={d.vocab_size}; set model.vocab_size=0 to take it from the data.")
   if d.source == "tokens":
-    _check(bool(d.path), "data.source=tokens needs data.path, a binary file of token ids; pass --config.data.path=FILE.bin.")
-    _check(m.vocab_size > 0, "data.source=tokens needs model.vocab_size (the tokenizer's vocabulary); pass --config.model.vocab_size=N.")
+    _check(bool(d.path), "data.source=tokens needs data.path, a directory of `lensjax prepare` or a binary file of token "
+           "ids; pass --config.data.path=DIR.")
+    if os.path.isdir(d.path):  # a prepared directory: its meta.json gives the vocabulary (checked by the data source)
+      _check(os.path.isfile(os.path.join(d.path, "meta.json")), f"data.path {d.path!r} is a directory without meta.json; "
+             f"prepare it with `lensjax prepare --input TEXT... --out {d.path}` or pass a .bin file.")
+    else:
+      _check(m.vocab_size > 0, "data.source=tokens with a .bin file needs model.vocab_size (the tokenizer's vocabulary); "
+             "pass --config.model.vocab_size=N.")
   if d.source in ("bytes", "tokens") and d.path:
-    _check(os.path.isfile(d.path), f"data file {d.path!r} (data.path) does not exist; pass an existing file.")
+    _check(os.path.isfile(d.path) or (d.source == "tokens" and os.path.isdir(d.path)),
+           f"data file {d.path!r} (data.path) does not exist; pass an existing file"
+           + (" or prepared directory." if d.source == "tokens" else "."))
 
 
 def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from lensjax.config import Config
 from lensjax.data.targets import MarkovTarget
 from lensjax.data.teacher import TeacherTarget
-from lensjax.data.text import ByteText, TokenFile
+from lensjax.data.prepared import is_prepared_dir
+from lensjax.data.text import ByteText, PreparedTokens, TokenFile
 
 
 def make_source(config: Config):
@@ -20,4 +21,6 @@ def make_source(config: Config):
     if not d.path:
       return ByteText.from_default_corpus(d.seq_len, seed, d.heldout_fraction)
     return ByteText(d.path, d.seq_len, seed, d.heldout_fraction)
+  if is_prepared_dir(d.path):
+    return PreparedTokens(d.path, d.seq_len, seed, config.model.vocab_size)
   return TokenFile(d.path, d.seq_len, seed, config.model.vocab_size, d.token_dtype, d.heldout_fraction)

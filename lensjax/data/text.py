@@ -1,9 +1,10 @@
-"""Text sources: random windows of a byte file or a pre-tokenised id file.
+"""Text sources: random windows of a byte file, a pre-tokenised id file or a prepared directory.
 
 Files are memory-mapped, never loaded, so corpora larger than host memory
-work and each process reads only the windows of its own rows. The last
-`heldout_fraction` of the file is the held-out region, so held-out windows
-never overlap training windows (except for the T tokens at the seam).
+work and each process reads only the windows of its own rows. In one file the
+last `heldout_fraction` is the held-out region, so held-out windows never
+overlap training windows (except for the T tokens at the seam); a directory of
+`lensjax prepare` holds its validation documents in a file of their own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import numpy as np
 
 from lensjax.data import base
+from lensjax.data import prepared
 from lensjax.errors import InputError
 
 # nanoGPT's `.bin` files are little-endian ids written with `ndarray.tofile`.
@@ -91,6 +93,15 @@ def heldout_size(num_tokens: int, seq_len: int,
   return max(int(num_tokens * heldout_fraction), seq_len + 1)
 
 
+def _require_windows(name: str, tokens_N: np.ndarray, seq_len: int,
+                     what: str) -> None:
+  if len(tokens_N) < seq_len + 2:
+    raise InputError(
+        f"Data file {name!r} holds {len(tokens_N):,} {what} tokens but "
+        f"seq_len={seq_len} needs at least {seq_len + 2:,}; prepare more "
+        f"{what} text or use a smaller seq_len.")
+
+
 class _TokenWindows:
   """Random windows of T+1 tokens from a 1-D id array; see `base.Source`."""
 
@@ -98,7 +109,8 @@ class _TokenWindows:
 
   def __init__(self, tokens_N: np.ndarray, *, name: str, vocab_size: int,
                seq_len: int, seed: int, heldout_fraction: float,
-               scan_vocab: bool = True):
+               scan_vocab: bool = True, heldout_tokens_M: np.ndarray | None = None,
+               heldout_name: str = ""):
     if not isinstance(seq_len, numbers.Integral) or seq_len < 1:
       raise InputError(f"seq_len={seq_len!r} must be a positive integer.")
     if not (isinstance(heldout_fraction, numbers.Real)
@@ -107,29 +119,40 @@ class _TokenWindows:
                        "strictly between 0 and 1.")
     num_tokens = len(tokens_N)
     needed = minimum_tokens(int(seq_len), float(heldout_fraction))
-    if num_tokens < needed:
+    if heldout_tokens_M is not None:
+      _require_windows(name, tokens_N, seq_len, "training")
+      _require_windows(heldout_name, heldout_tokens_M, seq_len, "validation")
+    elif num_tokens < needed:
       raise InputError(
           f"Data file {name!r} holds {num_tokens:,} tokens but seq_len="
           f"{seq_len} with heldout_fraction={heldout_fraction} needs at least "
           f"{needed:,}; use a longer file or a smaller seq_len.")
     self.name = name
+    self.file_names = {"train": name, "heldout": heldout_name or name}
     self.tokens = tokens_N
     self.vocab_size = int(vocab_size)
     self.seq_len = int(seq_len)
     self.seed = int(seed)
     self.heldout_fraction = float(heldout_fraction)
-    train_stop = num_tokens - heldout_size(num_tokens, self.seq_len,
-                                           self.heldout_fraction)
-    self.regions = {"train": (0, train_stop), "heldout": (train_stop,
-                                                          num_tokens)}
+    if heldout_tokens_M is None:
+      train_stop = num_tokens - heldout_size(num_tokens, self.seq_len,
+                                             self.heldout_fraction)
+      self.regions = {"train": (0, train_stop),
+                      "heldout": (train_stop, num_tokens)}
+      self._arrays = {"train": tokens_N, "heldout": tokens_N}
+    else:
+      self.regions = {"train": (0, num_tokens),
+                      "heldout": (0, len(heldout_tokens_M))}
+      self._arrays = {"train": tokens_N, "heldout": heldout_tokens_M}
     # Big files would take too long to scan up front; their windows are
     # checked as they are read instead.
     self._checks_each_window = scan_vocab and num_tokens > FULL_SCAN_MAX_TOKENS
     if scan_vocab and not self._checks_each_window:
-      self._raise_if_out_of_vocab(first_out_of_vocab(tokens_N, vocab_size))
+      for split in ("train", "heldout") if heldout_tokens_M is not None else ("train",):
+        self._raise_if_out_of_vocab(first_out_of_vocab(self._arrays[split], vocab_size), split)
 
   def window_starts(self, step: int, batch_size: int, split: str) -> np.ndarray:
-    """int64 [batch_size]: file offsets of the global batch's windows."""
+    """int64 [batch_size]: offsets of the global batch's windows in the split's file."""
     stream_id = base.split_stream_id(split)
     start, stop = self.regions[split]
     num_starts = stop - start - self.seq_len
@@ -145,18 +168,20 @@ class _TokenWindows:
     rows = base.process_rows(batch_size, process_index, process_count)
     starts_B = self.window_starts(step, batch_size, split)[rows]
     tokens_BxTp1 = np.asarray(
-        self.tokens[starts_B[:, None] + np.arange(self.seq_len + 1)])
+        self._arrays[split][starts_B[:, None] + np.arange(self.seq_len + 1)])
     if self._checks_each_window and tokens_BxTp1.max() >= self.vocab_size:
       row, col = np.argwhere(tokens_BxTp1 >= self.vocab_size)[0]
       self._raise_if_out_of_vocab(
-          (int(starts_B[row]) + int(col), int(tokens_BxTp1[row, col])))
+          (int(starts_B[row]) + int(col), int(tokens_BxTp1[row, col])), split)
     return base.next_token_batch(tokens_BxTp1)
 
-  def _raise_if_out_of_vocab(self, found: tuple[int, int] | None) -> None:
+  def _raise_if_out_of_vocab(self, found: tuple[int, int] | None,
+                             split: str = "train") -> None:
     if found is not None:
       position, token_id = found
+      name = self.file_names[split]
       raise InputError(
-          f"Data file {self.name!r} holds token id {token_id} at position "
+          f"Data file {name!r} holds token id {token_id} at position "
           f"{position:,}, outside vocab_size={self.vocab_size}; set vocab_size "
           "to at least the tokenizer's vocabulary or check the dtype.")
 
@@ -201,3 +226,29 @@ class TokenFile(_TokenWindows):
                      heldout_fraction=heldout_fraction)
     self.path = path
     self.dtype = dtype
+
+
+class PreparedTokens(_TokenWindows):
+  """A directory of `lensjax prepare`: windows of train.bin, held-out windows of val.bin.
+
+  The vocabulary and the id dtype are those of its meta.json; a run's
+  model.vocab_size must equal the vocabulary (see `prepared.vocab_conflict`).
+  """
+
+  def __init__(self, directory: str, seq_len: int, seed: int,
+               vocab_size: int):
+    meta = prepared.read_meta(directory)
+    problem = prepared.vocab_conflict(directory, vocab_size)
+    if problem:
+      raise InputError(problem)
+    dtype = TOKEN_DTYPES[meta.token_dtype]
+    train_path = meta.file(prepared.TRAIN_FILE)
+    val_path = meta.file(prepared.VAL_FILE)
+    super().__init__(open_token_file(train_path, dtype), name=train_path,
+                     vocab_size=meta.vocab_size, seq_len=seq_len, seed=seed,
+                     heldout_fraction=0.5,  # unused: val.bin is the held-out split
+                     heldout_tokens_M=open_token_file(val_path, dtype),
+                     heldout_name=val_path)
+    self.path = directory
+    self.dtype = meta.token_dtype
+    self.meta = meta
