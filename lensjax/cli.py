@@ -67,10 +67,12 @@ def parser() -> argparse.ArgumentParser:
                      help="a comma list of row groups: train, hvp, entropy, sampler (default: all)")
   bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
   bench.set_defaults(handler=_bench)
-  # The sweep runner and the analyses register their own subcommands; they never import this module.
+  # Corpus preparation, the sweep runner and the analyses register their own subcommands; they never import this
+  # module.
   from lensjax import sweep
   from lensjax.analysis import entropy_cli, growth_cli, hessian_cli, saturation_cli, spikes_cli
-  for module in (sweep, entropy_cli, hessian_cli, spikes_cli, saturation_cli, growth_cli):
+  from lensjax.data import prepare
+  for module in (prepare, sweep, entropy_cli, hessian_cli, spikes_cli, saturation_cli, growth_cli):
     module.add_parser(commands)
   return top
 
