@@ -38,6 +38,7 @@ from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.errors import InputError
 from lensjax.train import loop
+from lensjax.train.ensemble import member_of
 
 GROUPS = ("train", "hvp", "entropy", "sampler")
 WARMUP = 3
@@ -109,8 +110,10 @@ def bench_train_steps(run: loop.Run, steps: int, warmup: int = WARMUP) -> list[d
   config = run.config
   batch = loop.device_batch(run, 0)
   state_holder = [run.state]
-  T = config.data.seq_len
-  flops_token = perf.flops_per_token(run.state.params, config.model, T)
+  T, members = config.data.seq_len, len(run.members)
+  # An ensemble's step trains every member: its tokens are all members' tokens, at one member's FLOPs per token.
+  params = member_of(run.state.params, 0) if run.ensemble else run.state.params
+  flops_token = perf.flops_per_token(params, config.model, T)
   rows = []
   for name, fn in (("train step (plain)", run.plain_step), ("train step (logging)", run.logging_step)):
     compiled, compile_s = _compile(fn, state_holder[0], batch)
@@ -121,12 +124,13 @@ def bench_train_steps(run: loop.Run, steps: int, warmup: int = WARMUP) -> list[d
 
     times = _time_calls(call, lambda: (state_holder[0], batch), steps, warmup)
     rows.append(_row(name, "train", times, compiled=compiled, compile_s=compile_s,
-                     tokens=config.train.batch_size * T, seq_len=T, flops_token=flops_token,
-                     devices=jax.device_count()))
+                     tokens=members * config.train.batch_size * T, seq_len=T, flops_token=flops_token,
+                     devices=jax.device_count(), notes=f"{members} members in one program" if run.ensemble else ""))
   plain, logging = rows[0]["seconds"], rows[1]["seconds"]
   rows[1]["vs_plain"] = logging / plain
   rows[1]["amortised_at_log_every_100"] = (99 * plain + logging) / (100 * plain)
-  rows[1]["notes"] = f"{rows[1]['vs_plain']:.3f}x plain; {rows[1]['amortised_at_log_every_100']:.4f}x at log_every=100"
+  rows[1]["notes"] = (f"{rows[1]['vs_plain']:.3f}x plain; {rows[1]['amortised_at_log_every_100']:.4f}x at "
+                      f"log_every=100" + (f"; {rows[0]['notes']}" if rows[0]["notes"] else ""))
   return rows
 
 
@@ -287,7 +291,8 @@ def _run_rows(config: config_lib.Config, groups: tuple[str, ...], steps: int, wa
   """The train, entropy and sampler rows, which share one built run."""
   run = loop.build(config)
   # The analysis rows first: the train steps donate the state whose parameters they read.
-  params = jax.device_put(run.state.params, jax.devices()[0])
+  params = member_of(run.state.params, 0) if run.ensemble else run.state.params  # the analyses take one model
+  params = jax.device_put(params, jax.devices()[0])
   rows = {}
   if "entropy" in groups:
     rows["entropy"] = bench_entropy(config, params, run.source, steps, warmup)

@@ -74,6 +74,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def member_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """An ensemble's batches [N, B, ...]: the member axis on every device, the batch axis split as usual."""
+  return NamedSharding(mesh, P(None, BATCH_AXES))
+
+
 def fsdp_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
   """Splits the largest axis divisible by the fsdp size; small or odd leaves stay whole."""
   size = mesh.shape[FSDP_AXIS]
@@ -98,6 +103,18 @@ def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax
 
   def to_global(local):
     global_shape = (local.shape[0] * process_count,) + local.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+  return {k: to_global(v) for k, v in local_batch.items()}
+
+
+def shard_member_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """The global [N, B, ...] batch of an ensemble from this process's rows [N, B_local, ...]."""
+  sharding = member_batch_sharding(mesh)
+  process_count = jax.process_count()
+
+  def to_global(local):
+    global_shape = (local.shape[0], local.shape[1] * process_count) + local.shape[2:]
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
   return {k: to_global(v) for k, v in local_batch.items()}

@@ -13,14 +13,20 @@ import json
 import os
 from typing import Any
 
-from lensjax.config.sections import Config, _example, _key_type, from_dict, to_dict, updated
+from lensjax.config.sections import (Config, _example, _is_tuple, _key_type, _type_name, checked_value, from_dict,
+                                     to_dict, updated)
 from lensjax.errors import InputError
 
 
 def load_config_file(path: str) -> Config:
-  """Runs `get_config()` of a config file."""
+  """Runs `get_config()` of a config file, or reads a run's resolved `config.json`."""
   if not os.path.isfile(path):
     raise InputError(f"config file {path!r} does not exist; pass a file such as configs/quickstart.py.")
+  if path.endswith(".json"):
+    try:
+      return load_json(path)
+    except ValueError as e:  # not JSON (InputError, a wrong key or type, is raised as it is)
+      raise InputError(f"config file {path!r} is not valid JSON ({e}); pass a run's config.json or a .py file.") from e
   spec = importlib.util.spec_from_file_location("_lensjax_config", path)
   module = importlib.util.module_from_spec(spec)
   try:
@@ -53,9 +59,12 @@ def _parse_value(key: str, text: str, kind: type) -> Any:
       return value
     if kind is float:
       return float(text)
+    if _is_tuple(kind):
+      return checked_value(key, json.loads(text), kind)
     return text
   except ValueError:
-    raise InputError(f"config key {key} expects {kind.__name__}, got {text!r}; pass e.g. --config.{key}={_example(kind)}.") from None
+    raise InputError(f"config key {key} expects {_type_name(kind)}, got {text!r}; pass e.g. "
+                     f"--config.{key}={_example(kind)}.") from None
 
 
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:

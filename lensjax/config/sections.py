@@ -38,7 +38,8 @@ class ModelConfig:
 class DataConfig:
   source: str = "markov"  # markov | teacher | bytes | tokens
   seq_len: int = 64
-  seed: int = 0  # seed of the target distribution itself
+  seed: int = 0  # seed of the target distribution itself (for text: of the data order)
+  order_seed: int = -1  # seed of the data order of a controlled target (-1: data.seed)
   vocab_size: int = 16  # markov and teacher targets
   markov_order: int = 1
   markov_alpha: float = 0.1  # Dirichlet concentration of transition rows
@@ -65,6 +66,8 @@ class OptimConfig:
   eps: float = 1e-8
   momentum: float = 0.9  # sgd
   weight_decay: float = 0.0
+  lr_per_member: tuple[float, ...] = ()  # one learning rate per ensemble member (empty: optim.lr for all)
+  weight_decay_per_member: tuple[float, ...] = ()  # one weight decay per ensemble member (empty: optim.weight_decay)
   decay_exempt: bool = True  # no weight decay on norms, biases, embeddings
   clip_norm: float = 1.0  # global-norm clipping; 0 disables
 
@@ -74,7 +77,9 @@ class TrainConfig:
   steps: int = 300
   batch_size: int = 32  # global, across all devices and processes
   seed: int = 0  # initialisation and dropout (data order: data.seed)
-  nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update
+  nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update | freeze (members > 1)
+  members: int = 1  # >1: an ensemble of runs that differ in their seeds, trained as one vmapped program
+  vary: str = "init+data+target"  # what member i's seeds (base + i) vary: any of init, data (order), target, joined by +
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,7 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine", "linear", "rsqrt"),
     "logging.progress": ("auto", "lines", "none"),
     "data.markov_initial": ("uniform", "stationary"),
-    "train.nan_policy": ("halt", "skip"),
+    "train.nan_policy": ("halt", "skip", "freeze"),
 }
 
 
@@ -162,8 +167,31 @@ def _all_keys(config: Config) -> list[str]:
   return keys
 
 
-def _example(kind: type) -> str:
-  return {bool: "true", int: "4", float: "0.001"}.get(kind, "name")
+def _example(kind) -> str:
+  return {bool: "true", int: "4", float: "0.001"}.get(kind, "[0.001,0.003]" if _is_tuple(kind) else "name")
+
+
+def _is_tuple(kind) -> bool:
+  return typing.get_origin(kind) is tuple
+
+
+def _type_name(kind) -> str:
+  return "a list of numbers" if _is_tuple(kind) else kind.__name__
+
+
+def checked_value(key: str, value, kind):
+  """`value` as the type of config key `key`, or an InputError naming the key and the fix."""
+  if _is_tuple(kind):
+    numbers = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if numbers:
+      return tuple(float(v) for v in value)
+  elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+    return value
+  raise InputError(f"config key {key} expects {_type_name(kind)}, got {value!r}; fix the config file or pass "
+                   f"--config.{key}={_example(kind)}.")
 
 
 def unknown_key_error(key: str, config: Config) -> InputError:
@@ -213,12 +241,7 @@ def from_dict(values: dict) -> Config:
       full = f"{section_name}.{key}"
       if key not in kinds:
         raise unknown_key_error(full, config)
-      kind = kinds[key]
-      if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-      if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InputError(f"config key {full} expects {kind.__name__}, got {value!r}; fix the config file or pass --config.{full}={_example(kind)}.")
-      checked[key] = value
+      checked[key] = checked_value(full, value, kinds[key])
     sections[section_name] = dataclasses.replace(section, **checked)
   return dataclasses.replace(config, **sections)
 

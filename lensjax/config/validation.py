@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+from lensjax.config.ensemble import VARY, vary_parts
 from lensjax.config.sections import CHOICES, STATE_KEYS, Config, to_dict
 from lensjax.errors import InputError
 
@@ -45,6 +46,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
       "checkpoint.save_every": config.checkpoint.save_every, "checkpoint.keep": config.checkpoint.keep,
       "logging.log_every": config.logging.log_every, "logging.eval_batches": config.logging.eval_batches,
       "parallel.fsdp": config.parallel.fsdp, "stats.spike_window": config.stats.spike_window,
+      "train.members": t.members,
       "stats.hessian_power_iters": config.stats.hessian_power_iters,
   }
   for key, value in positive.items():
@@ -61,6 +63,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
   _check(o.lr > 0 and math.isfinite(o.lr), f"config key optim.lr is {o.lr}; it must be a positive number.")
   _check(config.stats.spike_k > 0 and math.isfinite(config.stats.spike_k),
          f"config key stats.spike_k is {config.stats.spike_k}; it must be a positive number.")
+  _validate_ensemble(config)
   _check(0.0 <= m.dropout < 1.0, f"config key model.dropout is {m.dropout}; it must be in [0, 1).")
   _check(d.markov_alpha > 0, f"config key data.markov_alpha is {d.markov_alpha}; it must be positive.")
   if d.source == "markov":
@@ -100,6 +103,37 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
     _check(os.path.isfile(d.path) or (d.source == "tokens" and os.path.isdir(d.path)),
            f"data file {d.path!r} (data.path) does not exist; pass an existing file"
            + (" or prepared directory." if d.source == "tokens" else "."))
+
+
+def _validate_ensemble(config: Config) -> None:
+  t, o = config.train, config.optim
+  if t.members < 1:
+    return  # named by the positive-key check
+  parts = vary_parts(t.vary)
+  _check(bool(parts) and all(p in VARY for p in parts),
+         f"config key train.vary is {t.vary!r}; join some of {', '.join(VARY)} with '+', e.g. init+data.")
+  for key, values in (("optim.lr_per_member", o.lr_per_member), ("optim.weight_decay_per_member",
+                                                                 o.weight_decay_per_member)):
+    _check(not values or len(values) == t.members,
+           f"config key {key} lists {len(values)} values for train.members={t.members}; give one per member "
+           "or none.")
+  _check(all(lr > 0 and math.isfinite(lr) for lr in o.lr_per_member),
+         f"config key optim.lr_per_member is {list(o.lr_per_member)}; every learning rate must be a positive number.")
+  _check(all(wd >= 0 and math.isfinite(wd) for wd in o.weight_decay_per_member),
+         f"config key optim.weight_decay_per_member is {list(o.weight_decay_per_member)}; every weight decay must "
+         "be zero or positive.")
+  if t.nan_policy == "freeze":
+    _check(t.members > 1, "train.nan_policy=freeze keeps the other members of an ensemble going; with "
+                          "train.members=1 use halt or skip.")
+  if t.members > 1:
+    _check(config.parallel.fsdp == 1, f"train.members={t.members} replicates every member on every device; set "
+                                      "parallel.fsdp=1 (ensembles are for models small enough to replicate).")
+    periodic = [key for key, every in (("stats.saturation_every", config.stats.saturation_every),
+                                       ("stats.hessian_every", config.stats.hessian_every),
+                                       ("logging.entropy_every", config.logging.entropy_every)) if every]
+    _check(not periodic, f"{', '.join(periodic)} do not run inside an ensemble (train.members={t.members}); set "
+                         "them to 0 and run the analysis on a member's checkpoints afterwards, e.g. lensjax "
+                         "saturation --workdir WORKDIR/member_0.")
 
 
 def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:

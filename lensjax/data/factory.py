@@ -10,13 +10,15 @@ from lensjax.data.text import ByteText, PreparedTokens, TokenFile
 
 
 def make_source(config: Config):
-  d, seed = config.data, config.data.seed
+  d = config.data
+  order = d.seed if d.order_seed < 0 else d.order_seed  # text has no target: its one seed is the order's
   if d.source == "markov":
-    return MarkovTarget(d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len, seed, d.num_sequences or None,
-                        initial=d.markov_initial)
+    return MarkovTarget(d.vocab_size, d.markov_order, d.markov_alpha, d.seq_len, d.seed, d.num_sequences or None,
+                        initial=d.markov_initial, order_seed=order)
   if d.source == "teacher":
-    return TeacherTarget(d.vocab_size, d.seq_len, seed, num_layers=d.teacher_layers, d_model=d.teacher_d_model,
-                         num_heads=d.teacher_heads, temperature=d.teacher_temperature)
+    return TeacherTarget(d.vocab_size, d.seq_len, d.seed, num_layers=d.teacher_layers, d_model=d.teacher_d_model,
+                         num_heads=d.teacher_heads, temperature=d.teacher_temperature, order_seed=order)
+  seed = order
   if d.source == "bytes":
     if not d.path:
       return ByteText.from_default_corpus(d.seq_len, seed, d.heldout_fraction)

@@ -60,13 +60,15 @@ class MarkovTarget:
   knows_conditionals = True
 
   def __init__(self, vocab_size: int, order: int, alpha: float, seq_len: int,
-               seed: int, num_sequences: int | None = None, initial: str = "uniform"):
+               seed: int, num_sequences: int | None = None, initial: str = "uniform", order_seed: int | None = None):
     _check_markov_args(vocab_size, order, alpha, seq_len, num_sequences, initial)
     self.vocab_size = int(vocab_size)
     self.order = int(order)
     self.alpha = float(alpha)
     self.seq_len = int(seq_len)
     self.seed = int(seed)
+    # The chain and the finite training set follow `seed`; which rows each step draws follows `order_seed`.
+    self.order_seed = self.seed if order_seed is None else int(order_seed)
     self.num_sequences = None if num_sequences is None else int(num_sequences)
     self.num_contexts = self.vocab_size**self.order
     self.transition = dirichlet_transition(
@@ -196,7 +198,7 @@ class MarkovTarget:
       # A batch spans at most a few epochs, so a tiny cache suffices.
       if len(self._epoch_orders) >= 4:
         self._epoch_orders.pop(next(iter(self._epoch_orders)))
-      rng = base.make_rng(self.seed, STREAM_EPOCH_ORDER, epoch)
+      rng = base.make_rng(self.order_seed, STREAM_EPOCH_ORDER, epoch)
       self._epoch_orders[epoch] = rng.permutation(self.num_sequences)
     return self._epoch_orders[epoch]
 
@@ -223,7 +225,7 @@ class MarkovTarget:
     else:
       # Draw the whole global batch (cheap) so every process count sees the
       # same rows, then simulate only this process's share.
-      rng = base.make_rng(self.seed, stream_id, step)
+      rng = base.make_rng(self.order_seed, stream_id, step)
       uniforms_BxTp1 = rng.random((batch_size, self.seq_len + 1))
       tokens_BxTp1 = self.sample(uniforms_BxTp1[rows])
     batch = base.next_token_batch(tokens_BxTp1)

@@ -57,8 +57,9 @@ class TeacherTarget:
   knows_conditionals = True
 
   def __init__(self, vocab_size: int, seq_len: int, seed: int, *, num_layers: int = 2, d_model: int = 64,
-               num_heads: int = 4, temperature: float = 1.0):
+               num_heads: int = 4, temperature: float = 1.0, order_seed: int | None = None):
     self.vocab_size, self.seq_len, self.seed = int(vocab_size), int(seq_len), int(seed)
+    self.order_seed = self.seed if order_seed is None else int(order_seed)  # the batches' draws; `seed`: the teacher
     self.temperature = float(temperature)
     self.model = Transformer(teacher_config(vocab_size, seq_len, num_layers, d_model, num_heads))
     init_key = jax.random.PRNGKey(int(base.make_rng(seed, STREAM_TEACHER_INIT).integers(2**31)))
@@ -79,7 +80,7 @@ class TeacherTarget:
   def batch(self, step: int, batch_size: int, *, split: str = "train", process_index: int = 0,
             process_count: int = 1) -> dict[str, np.ndarray]:
     rows = base.process_rows(batch_size, process_index, process_count)
-    rng = base.make_rng(self.seed, base.split_stream_id(split), base.check_step(step))
+    rng = base.make_rng(self.order_seed, base.split_stream_id(split), base.check_step(step))
     first_B = rng.integers(0, self.vocab_size, size=batch_size)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
     tokens_BxTp1, probs_BxTxV = sample_teacher(self.params, key, jnp.asarray(first_B, jnp.int32), self.temperature,

@@ -7,6 +7,7 @@ device. Only process 0 writes.
 
 from __future__ import annotations
 
+import abc
 import os
 import time
 from typing import Sequence
@@ -75,7 +76,33 @@ def _top(matrix: np.ndarray, top: float | None) -> float:
   return float(np.nanmax(matrix, initial=1e-12)) if top is None else top
 
 
-class RunLogger:
+class RecordQueue(abc.ABC):
+  """Records queued as device arrays, fetched in one transfer per step on `flush()`."""
+
+  def __init__(self):
+    self._pending: dict[int, tuple[dict, dict]] = {}
+
+  def add(self, step: int, metrics: dict) -> None:
+    """Queues device arrays for `step`; records of the same step are merged."""
+    scalars, units = self._pending.setdefault(step, ({}, {}))
+    for name, value in metrics.items():
+      (units if name.startswith("units/") else scalars)[name] = value
+
+  def flush(self) -> float:
+    """Fetches and writes the queued records; returns the largest `train/skipped_steps` seen."""
+    skipped = 0.0
+    for step in sorted(self._pending):
+      scalars, units = jax.device_get(self._pending[step])
+      skipped = max(skipped, self.write(step, scalars, units))
+    self._pending.clear()
+    return skipped
+
+  @abc.abstractmethod
+  def write(self, step: int, scalars: dict, units: dict) -> float:
+    """Writes one fetched record; returns its `train/skipped_steps` (0 without one)."""
+
+
+class RunLogger(RecordQueue):
 
   def __init__(self, workdir: str, total_steps: int, start_step: int, tokens_per_step: int, flops_per_token: float,
                progress_mode: str, num_layers: int, lenses: Sequence[lens_lib.Lens] = ()):
@@ -89,26 +116,11 @@ class RunLogger:
       self.sink = _Sink(workdir, self.writer, train_records, num_layers, lens_lib.event_logs(self.lenses))
     self.progress = Progress(progress_mode, total_steps, start_step)
     self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
-    self._pending: dict[int, tuple[dict, dict]] = {}
     self._last_train: tuple[int, float] | None = None
+    super().__init__()
 
-  def add(self, step: int, metrics: dict) -> None:
-    """Queues device arrays for `step`; records of the same step are merged."""
-    scalars, units = self._pending.setdefault(step, ({}, {}))
-    for name, value in metrics.items():
-      (units if name.startswith("units/") else scalars)[name] = value
-
-  def flush(self) -> float:
-    """Fetches and writes the queued records; returns the largest `train/skipped_steps` seen."""
-    skipped = 0.0
-    for step in sorted(self._pending):
-      scalars, units = jax.device_get(self._pending[step])
-      skipped = max(skipped, float(scalars.get("train/skipped_steps", 0.0)))
-      self._write(step, scalars, units)
-    self._pending.clear()
-    return skipped
-
-  def _write(self, step: int, raw: dict, units: dict) -> None:
+  def write(self, step: int, raw: dict, units: dict) -> float:
+    skipped = float(raw.get("train/skipped_steps", 0.0))
     metrics = flatten_metrics(raw)
     if "train/loss" in metrics:  # step time from one train record to the next
       now = time.perf_counter()
@@ -118,12 +130,13 @@ class RunLogger:
       self._last_train = (step, now)
     self.progress.update(step, metrics)
     if not self.is_writer:
-      return
+      return skipped
     self.writer.scalars(step, metrics)
     self.metrics_log.write(step, metrics)
     record = {**raw, **units}
     for lens in self.lenses:
       lens.write(step, record, self.sink)
+    return skipped
 
   def text(self, step: int, tag: str, text: str) -> None:
     if self.is_writer:
@@ -136,3 +149,24 @@ class RunLogger:
       self.writer.close()
       self.metrics_log.close()
       self.sink.close()
+
+
+class EnsembleLogger(RecordQueue):
+  """The loggers of an ensemble's members: each record (leading member axis) fetched once, written per member."""
+
+  def __init__(self, loggers: Sequence[RunLogger]):
+    self.loggers = list(loggers)
+    super().__init__()
+
+  def write(self, step: int, scalars: dict, units: dict) -> float:
+    member = lambda tree, i: {name: value[i] for name, value in tree.items()}
+    return max(logger.write(step, member(scalars, i), member(units, i)) for i, logger in enumerate(self.loggers))
+
+  def text(self, step: int, tag: str, texts: Sequence[str]) -> None:
+    for logger, text in zip(self.loggers, texts):
+      logger.text(step, tag, text)
+
+  def close(self) -> None:
+    self._pending.clear()
+    for logger in self.loggers:
+      logger.close()

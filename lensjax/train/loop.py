@@ -15,6 +15,8 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
@@ -23,13 +25,14 @@ from lensjax.data.factory import make_source
 from lensjax.errors import TrainingHalted
 from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
 from lensjax.io.metrics_log import truncate_after
-from lensjax.io.run_logger import RunLogger
+from lensjax.io.run_logger import EnsembleLogger, RunLogger
 from lensjax.model import has_ffn
 from lensjax.signals import SigtermFlag
 from lensjax.stats import lenses as lens_lib
 from lensjax.stats.lens import Lens, event_logs, resume_keys, stateful_names
 from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
+from lensjax.train.ensemble import EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of, write_ensemble_file
 from lensjax.train.state import MIGRATE, create_state
 from lensjax.train.step import eval_step, jit_train_step, model_for
 
@@ -46,9 +49,10 @@ def prepare(config: config_lib.Config) -> config_lib.Config:
 
 @dataclasses.dataclass
 class Run:
-  """The compiled pieces of one run; built once, used by train and the analyses."""
+  """The compiled pieces of one run (or one ensemble); built once, used by train and the analyses."""
   config: config_lib.Config
-  source: object
+  members: list  # the members' solo configs ([config] for a solo run)
+  sources: list  # one data source per member
   mesh: jax.sharding.Mesh
   state: object
   plain_step: object
@@ -59,6 +63,15 @@ class Run:
   schedule: object
   lenses: tuple[Lens, ...]  # train, eval and probe lenses: their host halves write the fetched records
 
+  @property
+  def source(self):
+    return self.sources[0]
+
+  @property
+  def ensemble(self) -> bool:
+    """Whether state, batches and metrics carry a leading member axis."""
+    return self.config.train.members > 1
+
 
 # An analysis run after a step, every `every` steps: `make(run)` builds `fn(state, batch, step) -> metrics`.
 @dataclasses.dataclass(frozen=True)
@@ -68,30 +81,42 @@ class Periodic:
 
 
 def build(config: config_lib.Config, mesh=None) -> Run:
-  """Builds source, model, optimiser, initial state and compiled steps."""
+  """Builds sources, model, optimiser, initial state and compiled steps."""
   mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
-  source = make_source(config)
+  members, ensemble = config_lib.member_configs(config), config.train.members > 1
+  sources = [make_source(member) for member in members]
   train_lenses, eval_lenses = lens_lib.train_lenses(config), lens_lib.eval_lenses(config)
   probe_lenses = lens_lib.probe_lenses(config)
   every_step = tuple(lens for lens in train_lenses if lens.every_step)
   model_plain, model_logging = model_for(config.model, every_step), model_for(config.model, train_lenses)
-  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
-  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  init = lambda: create_state(model_plain, tx, config.data.seq_len, config.train.seed, train_lenses)
+  tx, schedule = optim.make_optimizer(members[0].optim, config.train.steps)
+  replicated = parallel.replicated(mesh)
+  batch_sharding = parallel.member_batch_sharding(mesh) if ensemble else parallel.batch_sharding(mesh)
+  init_one = lambda seed: create_state(model_plain, tx, config.data.seq_len, seed, train_lenses)
+  seeds = jnp.asarray([member.train.seed for member in members], jnp.int32)
+  init = (lambda: jax.vmap(init_one)(seeds)) if ensemble else (lambda: init_one(members[0].train.seed))
   state_sharding = parallel.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sharding)()
-  common = dict(tx=tx, schedule=schedule, nan_policy=config.train.nan_policy)
-  plain = jit_train_step(state_sharding, batch_sharding, replicated, model=model_plain, lenses=every_step, **common)
-  logging = jit_train_step(state_sharding, batch_sharding, replicated, model=model_logging, lenses=train_lenses,
-                           logging=True, **common)
+  parts = dict(nan_policy=config.train.nan_policy)
+
+  def compiled_step(model, lenses, logging):
+    if not ensemble:
+      return jit_train_step(state_sharding, batch_sharding, replicated, model=model, lenses=lenses, logging=logging,
+                            tx=tx, schedule=schedule, **parts)
+    step = ensemble_step_fn(members, config.train.steps, model=model, lenses=lenses, logging=logging, **parts)
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
+                   donate_argnums=0)
+
+  per_member = jax.vmap if ensemble else (lambda fn: fn)
   evaluation = lambda lenses, name: jax.jit(
-      functools.partial(eval_step, model=model_for(config.model, lenses), lenses=lenses, loss_name=name),
+      per_member(functools.partial(eval_step, model=model_for(config.model, lenses), lenses=lenses, loss_name=name)),
       in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
   overlap_fn = None
   if has_ffn(config.model):
-    overlap_fn = jax.jit(functools.partial(heldout_overlap, model=model_for(config.model, every_step)),
+    overlap_fn = jax.jit(per_member(functools.partial(heldout_overlap, model=model_for(config.model, every_step))),
                          out_shardings=replicated)
-  return Run(config, source, mesh, state, plain, logging, evaluation(eval_lenses, "eval/loss"), overlap_fn,
+  return Run(config, members, sources, mesh, state, compiled_step(model_plain, every_step, False),
+             compiled_step(model_logging, train_lenses, True), evaluation(eval_lenses, "eval/loss"), overlap_fn,
              evaluation(probe_lenses, "probe/loss"), schedule, train_lenses + eval_lenses + probe_lenses)
 
 
@@ -100,18 +125,21 @@ def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
   return config_lib.STATE_KEYS + resume_keys(lens_lib.train_lenses(config))
 
 
-def halt_message(run: Run, state, checkpoints: Checkpoints) -> str:
+def halt_message(run: Run, state, checkpoints) -> str:
   checkpoints.wait()
-  bad = int(jax.device_get(state.first_bad_step))
-  d = run.config.data
+  bad_steps = first_bad_steps(state)
+  member = int(np.argmax(bad_steps >= 0))
+  bad, d, source = int(bad_steps[member]), run.members[member].data, run.sources[member]
   where = f"batch of step {bad} (data.source={d.source}, data.seed={d.seed}, rows 0..{run.config.train.batch_size - 1}"
-  if hasattr(run.source, "window_starts"):
-    starts = run.source.window_starts(bad, run.config.train.batch_size, "train")
+  if hasattr(source, "window_starts"):
+    starts = source.window_starts(bad, run.config.train.batch_size, "train")
     where += f", token offsets {', '.join(map(str, starts[:8]))}{', ...' if len(starts) > 8 else ''}"
   last = checkpoints.latest_step()
-  return (f"non-finite loss or gradient at step {bad}, on the {where}); nothing after it was saved and the last "
+  who = f"member {member} of the ensemble: " if run.ensemble else ""
+  fix = (" or --config.train.nan_policy=freeze to keep the other members going" if run.ensemble else "")
+  return (f"{who}non-finite loss or gradient at step {bad}, on the {where}); nothing after it was saved and the last "
           f"good checkpoint is {'step ' + str(last) if last is not None else 'none'}. Lower optim.lr or "
-          "optim.clip_norm, or pass --config.train.nan_policy=skip to skip such steps.")
+          f"optim.clip_norm, or pass --config.train.nan_policy=skip to skip such steps{fix}.")
 
 
 class _Preemption(SigtermFlag):
@@ -144,11 +172,14 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def device_batch(run: Run, step: int, split: str = "train"):
-  """Batch `step` of `split`, this process's rows, placed on the mesh."""
-  local = run.source.batch(step, run.config.train.batch_size, split=split,
-                           process_index=jax.process_index(), process_count=jax.process_count())
-  return parallel.shard_batch(local, run.mesh)
+def device_batch(run: Run, step: int, split: str = "train", rows: int | None = None):
+  """Batch `step` of `split` (`rows` rows, default train.batch_size), this process's rows, placed on the mesh;
+  in an ensemble each member's batch from its own source, stacked [N, B, ...]."""
+  local = [source.batch(step, rows or run.config.train.batch_size, split=split, process_index=jax.process_index(),
+                        process_count=jax.process_count()) for source in run.sources]
+  if not run.ensemble:
+    return parallel.shard_batch(local[0], run.mesh)
+  return parallel.shard_member_batch({key: np.stack([batch[key] for batch in local]) for key in local[0]}, run.mesh)
 
 
 def evaluate(run: Run, state, train_batch) -> dict:
@@ -180,9 +211,7 @@ def probe_batch(run: Run):
     return None
   multiple = jax.device_count()
   rows = -(-max(tokens // run.config.data.seq_len, 1) // multiple) * multiple
-  local = run.source.batch(PROBE_INDEX, rows, split="heldout", process_index=jax.process_index(),
-                           process_count=jax.process_count())
-  return parallel.shard_batch(local, run.mesh)
+  return device_batch(run, PROBE_INDEX, split="heldout", rows=rows)
 
 
 def compile_steps(run: Run, state):
@@ -204,46 +233,54 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   step, then return (the schedule still spans `train.steps`). `periodic`: the
   analyses to run every so many steps, as separate compiled functions, so they
   cost nothing on other steps (`lensjax.runner` chooses them from the config).
+  An ensemble (`train.members` > 1) writes one run directory per member,
+  WORKDIR/member_<i>/.
   """
   config = prepare(config)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.async_save,
-                            config.checkpoint.keep_every, cleanup_unfinished=True,
-                            migrate=MIGRATE)
+  members, ensemble = config_lib.member_configs(config), config.train.members > 1
+  run_dirs = member_dirs(workdir, len(members)) if ensemble else [workdir]
+  for run_dir in run_dirs:
+    os.makedirs(run_dir, exist_ok=True)
+  options = dict(keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
+                 keep_every=config.checkpoint.keep_every, cleanup_unfinished=True, migrate=MIGRATE)
+  checkpoints = (EnsembleCheckpoints(workdir, members, **options) if ensemble
+                 else Checkpoints(os.path.join(workdir, "checkpoints"), **options))
   checkpoints.check_compatible(config, resume_config_keys(config), stateful_names(lens_lib.train_lenses(config)))
   run = build(config)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
   if jax.process_index() == 0:
-    # Steps from start_step on are logged again; without a checkpoint (a run killed before its first save)
-    # that is every step.
-    dropped = truncate_after(os.path.join(workdir, "metrics.jsonl"), start_step - 1)
-    for log in event_logs(run.lenses):
-      truncate_after(os.path.join(workdir, f"{log}.jsonl"), start_step - 1)
-    if restored is not None:
-      _log(f"resuming from the checkpoint at step {start_step} in {checkpoints.directory}"
-           + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
-    elif dropped:
-      _log(f"no checkpoint in {checkpoints.directory}: starting at step 0 (dropped {dropped} metric records logged "
-           "by an earlier attempt)")
-    config_lib.save_json(config, os.path.join(workdir, "config.json"))
-  perf_line = perf.describe(state.params, config.model, config.data.seq_len)
-  _log(perf_line)
-  logger = RunLogger(workdir, config.train.steps, start_step, config.train.batch_size * config.data.seq_len,
-                     perf.flops_per_token(state.params, config.model, config.data.seq_len), config.logging.progress,
-                     config.model.num_layers, run.lenses)
-  logger.text(start_step, "run/config", "```json\n" + json.dumps(config_lib.to_dict(config), indent=2) + "\n```")
-  logger.text(start_step, "run/perf", perf_line)
+    _prepare_run_dirs(run, run_dirs, start_step, restored is not None, checkpoints.directory)
+    if ensemble:
+      write_ensemble_file(workdir, config, len(members))
+  one_member_params = member_of(state.params, 0) if ensemble else state.params
+  perf_line = perf.describe(one_member_params, config.model, config.data.seq_len)
+  _log(perf_line + (f"; {len(members)} members in one program" if ensemble else ""))
+  loggers = [RunLogger(run_dir, config.train.steps, start_step, len(members) * config.train.batch_size
+                       * config.data.seq_len, perf.flops_per_token(one_member_params, config.model, config.data.seq_len),
+                       config.logging.progress if i == 0 else "none", config.model.num_layers, run.lenses)
+             for i, run_dir in enumerate(run_dirs)]
+  for logger, member in zip(loggers, members):
+    logger.text(start_step, "run/config", "```json\n" + json.dumps(config_lib.to_dict(member), indent=2) + "\n```")
+    logger.text(start_step, "run/perf", perf_line)
+  logger = EnsembleLogger(loggers) if ensemble else loggers[0]
 
   total = config.train.steps
   log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
   meta = meta_of(config_lib.to_dict(config), state)
-  halting = config.train.nan_policy == "halt"
+  halting, freezing = config.train.nan_policy == "halt", config.train.nan_policy == "freeze"
+  frozen: set[int] = set()
 
   def check_finite(skipped: float) -> None:
     if halting and skipped > 0:
       raise TrainingHalted(halt_message(run, state, checkpoints))
+    if freezing and skipped > 0:
+      for member, bad in enumerate(first_bad_steps(state)):
+        if bad >= 0 and member not in frozen:
+          frozen.add(member)
+          _log(f"member {member} stopped at step {bad} (non-finite loss or gradient) and is kept as it was before "
+               "it; the other members go on")
 
   saved_step = start_step
   probe = probe_batch(run)
@@ -274,15 +311,41 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
         # The records of the steps before a checkpoint reach metrics.jsonl before it does: a run killed after
         # the checkpoint resumes past them and would never log them again. (The save waits for the step anyway.)
         check_finite(logger.flush())
-        check_finite(float(state.skipped_steps))  # never save a state past a non-finite step
+        check_finite(skipped_steps(state))  # never save a state past a non-finite step
         checkpoints.save(step + 1, state, meta)
         saved_step = step + 1
   check_finite(logger.flush())
   logger.close()
-  final_step = int(jax.device_get(state.step))
+  final_step = int(np.max(jax.device_get(state.step)))
   if final_step != saved_step:
-    check_finite(float(state.skipped_steps))
+    check_finite(skipped_steps(state))
     checkpoints.save(final_step, state, meta)
   checkpoints.close()
   _log(f"done at step {final_step}; run directory {workdir}")
   return state
+
+
+def _prepare_run_dirs(run: Run, run_dirs: list[str], start_step: int, restored: bool, checkpoint_dir: str) -> None:
+  """Drops the records logged after the checkpoint resumed from (they are logged again) and writes config.json."""
+  for i, (run_dir, member) in enumerate(zip(run_dirs, run.members)):
+    # Without a checkpoint (a run killed before its first save) every record is logged again.
+    dropped = truncate_after(os.path.join(run_dir, "metrics.jsonl"), start_step - 1)
+    for log in event_logs(run.lenses):
+      truncate_after(os.path.join(run_dir, f"{log}.jsonl"), start_step - 1)
+    if i == 0 and restored:  # said once: every member of an ensemble resumes from the same step
+      _log(f"resuming from the checkpoint at step {start_step} in {checkpoint_dir}"
+           + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
+    elif i == 0 and dropped:
+      _log(f"no checkpoint in {checkpoint_dir}: starting at step 0 (dropped {dropped} metric records logged "
+           "by an earlier attempt)")
+    config_lib.save_json(member if run.ensemble else run.config, os.path.join(run_dir, "config.json"))
+
+
+def skipped_steps(state) -> float:
+  """The most updates any member skipped for a non-finite loss or gradient."""
+  return float(np.max(jax.device_get(state.skipped_steps)))
+
+
+def first_bad_steps(state) -> np.ndarray:
+  """Per member, the first step with a non-finite loss or gradient (-1: none)."""
+  return np.asarray(jax.device_get(state.first_bad_step)).reshape(-1)

@@ -13,23 +13,33 @@ _EXEMPT_MODULES = ("embed", "pos_embed", "norm")
 _EXEMPT_LEAVES = ("bias", "scale")
 
 
-def make_schedule(cfg: OptimConfig, total_steps: int):
-  """Warmup (linear from lr/warmup) followed by the configured decay."""
-  warmup = max(cfg.warmup_steps, 0)
+def schedule_constants(cfg: OptimConfig) -> dict[str, float]:
+  """The learning-rate schedule's constants, computed on the host in Python floats.
+
+  An ensemble hands each member's to its vmapped step as float32 arrays, which hold
+  exactly the float32 values these constants take in a solo run's step.
+  """
   floor = cfg.lr * cfg.min_lr_ratio
+  return {"lr": cfg.lr, "floor": floor, "half_span": (cfg.lr - floor) * 0.5, "span": floor - cfg.lr}
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int, constants: dict | None = None):
+  """Warmup (linear from lr/warmup) followed by the configured decay; `constants` as `schedule_constants`."""
+  warmup = max(cfg.warmup_steps, 0)
+  c = schedule_constants(cfg) if constants is None else constants
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = cfg.lr * jnp.minimum((step + 1.0) / max(warmup, 1), 1.0)
+    warm = c["lr"] * jnp.minimum((step + 1.0) / max(warmup, 1), 1.0)
     progress = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
     if cfg.schedule == "constant":
-      decayed = cfg.lr
+      decayed = c["lr"]
     elif cfg.schedule == "cosine":
-      decayed = floor + (cfg.lr - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+      decayed = c["floor"] + c["half_span"] * (1.0 + jnp.cos(jnp.pi * progress))
     elif cfg.schedule == "linear":
-      decayed = cfg.lr + (floor - cfg.lr) * progress
+      decayed = c["lr"] + c["span"] * progress
     else:  # rsqrt
-      decayed = cfg.lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step + 1.0, max(warmup, 1)))
+      decayed = c["lr"] * jnp.sqrt(max(warmup, 1) / jnp.maximum(step + 1.0, max(warmup, 1)))
     return jnp.where(step < warmup, warm, decayed)
 
   return schedule
@@ -48,9 +58,15 @@ def decay_mask(params, cfg: OptimConfig):
   return jax.tree_util.tree_map_with_path(_is_decayed, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int):
-  """Returns `(tx, schedule)`; clipping is applied before the optimiser."""
-  schedule = make_schedule(cfg, total_steps)
+def make_optimizer(cfg: OptimConfig, total_steps: int, *, decays: bool | None = None,
+                   constants: dict | None = None):
+  """Returns `(tx, schedule)`; clipping is applied before the optimiser.
+
+  In an ensemble member's vmapped step, `cfg.weight_decay` and the schedule's `constants` are traced values;
+  then `decays` says whether the chain has weight decay at all, which `cfg.weight_decay > 0` says otherwise.
+  """
+  decays = cfg.weight_decay > 0 if decays is None else decays
+  schedule = make_schedule(cfg, total_steps, constants)
   mask = lambda params: decay_mask(params, cfg)
   if cfg.name == "adamw":
     core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
@@ -59,11 +75,11 @@ def make_optimizer(cfg: OptimConfig, total_steps: int):
   elif cfg.name == "sgd":
     core = optax.sgd(schedule, momentum=cfg.momentum or None)
   else:
-    core = optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None, weight_decay_mask=mask)
+    core = optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay if decays else None, weight_decay_mask=mask)
   parts = []
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-  if cfg.name in ("adam", "sgd") and cfg.weight_decay > 0:
+  if cfg.name in ("adam", "sgd") and decays:
     # Coupled L2 decay for the optimisers that have no decoupled form in optax.
     parts.append(optax.add_decayed_weights(cfg.weight_decay, mask))
   return optax.chain(*parts, core), schedule
