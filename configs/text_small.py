@@ -1,9 +1,8 @@
 """A small ReLU Transformer on real text: the corpus `scripts/fetch_corpus.sh` prepares.
 
 Shakespeare (with the First Folio editions) and the King James Bible, ~3.7M training tokens of a byte-level
-BPE of 8,192, evaluated on val.bin: whole works the model never trains on (docs/data.md). The id dtype comes
-from the directory's meta.json, and model.vocab_size must equal its vocabulary (a corpus prepared with another
---vocab-size: pass --config.model.vocab_size=N). Prepare the corpus once, then:
+BPE of 8,192, evaluated on val.bin: whole works the model never trains on (docs/data.md). The vocabulary
+size and the id dtype come from the directory's meta.json. Prepare the corpus once, then:
 
     lensjax train --config configs/text_small.py --workdir runs/text_small
 
@@ -21,7 +20,7 @@ def get_config() -> Config:
       "model.d_ff": 1024,
       "model.max_len": 256,
       "model.activation": "relu",
-      "model.vocab_size": 8192,
+      "model.vocab_size": 0,  # the prepared directory's vocabulary (meta.json)
       "data.source": "tokens",
       "data.path": "data/shakespeare_kjv",
       "data.seq_len": 256,

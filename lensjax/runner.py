@@ -28,9 +28,12 @@ def periodic_analyses(config: config_lib.Config) -> tuple[Periodic, ...]:
   return tuple(analyses)
 
 
-def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None):
-  """Trains (or resumes) into `workdir` with the config's periodic analyses; returns the final train state."""
-  return loop.train(config, workdir, stop_at_step, periodic=periodic_analyses(config))
+def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None, **ensemble):
+  """Trains (or resumes) into `workdir` with the config's periodic analyses; returns the final train state.
+
+  `ensemble`: `members` and `run_dirs` of an ensemble of given solo configs (see `loop.train`).
+  """
+  return loop.train(config, workdir, stop_at_step, periodic=periodic_analyses(config), **ensemble)
 
 
 def saturation_analysis(run: loop.Run):

@@ -20,6 +20,13 @@ the member's name, overrides, parameter count and last losses), and
 `DIR/sweep_summary.json` collects them all, so that a report can plot H(Q)
 against H(P) per member without recomputing anything.
 
+Members that differ only in their seeds (with `--ensembles seeds+hyper`
+also in learning rate and weight decay) train together as one ensemble
+(`train.members`): one vmapped program, each member still writing its own
+`DIR/M/`. The sweep says when a group cannot (a sharded model, periodic
+analyses, members resumed at different steps) and trains those members one by
+one; `--ensembles none` always does.
+
 With `--print-commands` nothing runs: one `lensjax train ...` line per member
 is printed, for a cluster's job array; `lensjax sweep` on the finished folders
 then only writes the entropy files.
@@ -156,40 +163,93 @@ def entropy_record(member: Member, member_dir: str, state) -> dict | None:
           "num_params": count_params(state.params), **last_metrics(member_dir), **results}
 
 
-def run_members(members: list[Member], workdir: str) -> list[dict]:
-  """Trains each member in turn (resuming, skipping finished ones) and writes the entropy files."""
+ENSEMBLE_MODES = {"seeds": config_lib.ensemble.SEED_KEYS,
+                  "seeds+hyper": config_lib.ensemble.SEED_KEYS + config_lib.ensemble.HYPER_KEYS, "none": None}
+
+
+def ensemble_jobs(members: list[Member], workdir: str, mode: str, check) -> list[list[Member]]:
+  """The members grouped into jobs, in the order of each job's first member: a group of members that differ
+  only in the keys `mode` frees trains as one ensemble; the sweep says why when it cannot."""
+  free = ENSEMBLE_MODES[mode]
+  groups: dict[str, list[Member]] = {}
+  for member in members:
+    key = member.name if free is None else config_lib.setting_key(member.config, free)
+    groups.setdefault(key, []).append(member)
+  jobs = []
+  for group in groups.values():
+    reason = None if len(group) == 1 else _why_not_an_ensemble(group, workdir, check)
+    if reason:
+      print(f"sweep: {', '.join(m.name for m in group)} differ only in {' and '.join(free)} but train one by one: "
+            f"{reason}", file=sys.stderr, flush=True)
+    jobs.extend([[m] for m in group] if reason else [group])
+  return jobs
+
+
+def _why_not_an_ensemble(group: list[Member], workdir: str, check) -> str | None:
+  try:
+    check(config_lib.ensemble_of([m.config for m in group]))
+  except InputError as e:
+    return str(e)
+  resumed = {m.name: checkpoint_steps(os.path.join(workdir, m.name))[-1:] for m in group}
+  if len({tuple(steps) for steps in resumed.values()}) > 1:
+    return ("their checkpoints stand at different steps ("
+            + ", ".join(f"{name}: {steps[0] if steps else 'none'}" for name, steps in resumed.items()) + ")")
+  return None
+
+
+def checkpoint_steps(member_dir: str) -> list[int]:
+  path = os.path.join(member_dir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if os.path.isdir(path) else []
+
+
+def run_members(members: list[Member], workdir: str, mode: str = "seeds", check=None) -> list[dict]:
+  """Trains each job in turn (resuming, skipping finished members) and writes the entropy files."""
+  from lensjax.train import loop
+  unfinished = [m for m in members if not _finished(m, workdir)]
+  jobs = ensemble_jobs(unfinished, workdir, mode, check or loop.prepare)
   # SIGTERM outside a member's training (which handles its own) stops the sweep before the next member.
   with SigtermFlag() as stop:
-    return _run_members(members, workdir, stop)
+    return _run_jobs(members, jobs, workdir, stop)
 
 
-def _run_members(members: list[Member], workdir: str, stop: SigtermFlag) -> list[dict]:
+def _finished(member: Member, workdir: str) -> bool:
+  done = read_entropy_file(os.path.join(workdir, member.name))
+  return done is not None and done.get("step") == member.config.train.steps
+
+
+def _run_jobs(members: list[Member], jobs: list[list[Member]], workdir: str, stop: SigtermFlag) -> list[dict]:
   import jax
   from lensjax import runner
-  records = []
-  for number, member in enumerate(members, 1):
+  from lensjax.train.ensemble import member_of
+  done = {m.name: read_entropy_file(os.path.join(workdir, m.name)) for m in members if _finished(m, workdir)}
+  for name in done:
+    print(f"sweep: member {name}: finished, skipped", file=sys.stderr, flush=True)
+  for number, job in enumerate(jobs, 1):
     if stop.requested:
       print("sweep: SIGTERM: stopping before the next member (run the sweep again to go on)", file=sys.stderr,
             flush=True)
       break
-    member_dir = os.path.join(workdir, member.name)
-    done = read_entropy_file(member_dir)
-    if done is not None and done.get("step") == member.config.train.steps:
-      print(f"sweep: member {number}/{len(members)} {member.name}: finished, skipped", file=sys.stderr, flush=True)
-      records.append(done)
-      continue
-    print(f"sweep: member {number}/{len(members)} {member.name} -> {member_dir}", file=sys.stderr, flush=True)
-    state = runner.train(member.config, member_dir)
-    stopped_at = int(jax.device_get(state.step))
-    if stopped_at < member.config.train.steps:  # SIGTERM: train saved a checkpoint; so does the sweep, by stopping
-      print(f"sweep: {member.name} stopped at step {stopped_at}; stopping the sweep (run it again to resume)",
-            file=sys.stderr, flush=True)
+    dirs = [os.path.join(workdir, m.name) for m in job]
+    print(f"sweep: job {number}/{len(jobs)}: {', '.join(m.name for m in job)}"
+          + (f" as one ensemble of {len(job)}" if len(job) > 1 else "") + f" -> {', '.join(dirs)}",
+          file=sys.stderr, flush=True)
+    if len(job) == 1:
+      state = runner.train(job[0].config, dirs[0])
+    else:
+      state = runner.train(config_lib.ensemble_of([m.config for m in job]), workdir,
+                           members=[m.config for m in job], run_dirs=dirs)
+    stopped_at = int(min(jax.device_get(state.step).reshape(-1)))
+    if stopped_at < job[0].config.train.steps:  # SIGTERM: train saved a checkpoint; so does the sweep, by stopping
+      print(f"sweep: {', '.join(m.name for m in job)} stopped at step {stopped_at}; stopping the sweep (run it "
+            "again to resume)", file=sys.stderr, flush=True)
       break
-    record = entropy_record(member, member_dir, state)
-    if record is not None:
-      if jax.process_index() == 0:
-        write_json(os.path.join(member_dir, ENTROPY_FILE), record)
-      records.append(record)
+    for i, (member, member_dir) in enumerate(zip(job, dirs)):
+      record = entropy_record(member, member_dir, member_of(state, i) if len(job) > 1 else state)
+      if record is not None:
+        if jax.process_index() == 0:
+          write_json(os.path.join(member_dir, ENTROPY_FILE), record)
+        done[member.name] = record
+  records = [done[m.name] for m in members if done.get(m.name) is not None]
   if jax.process_index() == 0 and records:
     write_json(os.path.join(workdir, SUMMARY_FILE), records)
   return records
@@ -221,7 +281,7 @@ def main(args, extra: list[str]) -> int:
   from lensjax.train import loop
   parallel.initialize_distributed()
   members = parse_members(sweep, base, cli_overrides, loop.prepare)
-  records = run_members(members, args.workdir)
+  records = run_members(members, args.workdir, args.ensembles, loop.prepare)
   if records:
     print(summary_table(records))
   return 0
@@ -237,5 +297,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
   parser.add_argument("--workdir", required=True, help="the sweep's folder; member M trains into WORKDIR/M")
   parser.add_argument("--print-commands", action="store_true",
                       help="print one `lensjax train` command line per member instead of running them")
+  parser.add_argument("--ensembles", choices=tuple(ENSEMBLE_MODES), default="seeds",
+                      help="train members that differ only in seeds (seeds+hyper: also in optim.lr and "
+                           "optim.weight_decay) as one ensemble; none: one by one (default: seeds)")
   parser.set_defaults(handler=main)
   return parser

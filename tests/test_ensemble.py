@@ -166,7 +166,6 @@ def test_halt_names_the_member_that_diverged(tmp_path):
     (["--config.train.members=2", "--config.train.vary=init+seeds"], "config key train.vary is 'init+seeds'"),
     (["--config.train.members=2", "--config.parallel.fsdp=2"], "set parallel.fsdp=1"),
     (["--config.train.nan_policy=freeze"], "with train.members=1 use halt or skip"),
-    (["--config.train.members=2", "--config.stats.saturation_every=5"], "do not run inside an ensemble"),
 ])
 def test_bad_ensemble_input_exits_2_with_one_sentence(overrides, sentence, tmp_path, capsys):
   config_file = write_config_file(tmp_path / "config.py", make_tiny_config())

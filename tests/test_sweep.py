@@ -11,6 +11,7 @@ import pytest
 
 from lensjax import cli
 from lensjax import config as config_lib
+from lensjax.io.metrics_log import read_metrics
 # A session fixture shared with test_entropy_analysis: one tiny training serves both files.
 from test_entropy_analysis import STEPS, tiny_entropy_config, trained_run  # noqa: F401
 
@@ -143,3 +144,46 @@ def test_the_shipped_sweeps_are_valid_ladders(capsys):
       blocks = {m.config.model.block for m in members}
       assert blocks == {"attention+ffn", "attention_only", "ffn_only"}
       assert len({m.config.model.d_ff for m in members if m.config.model.block == "attention+ffn"}) >= 4
+
+
+SEED_MEMBERS = [{"name": f"s{seed}", "train.seed": seed} for seed in (0, 3, 7)]
+
+
+def test_members_that_differ_only_in_seeds_train_as_one_ensemble(tmp_path, capsys):
+  config_path = write_sweep_file(str(tmp_path), SEED_MEMBERS + [{"name": "wide", "model.d_ff": 32}])
+  workdir = str(tmp_path / "runs")
+  assert cli.main(["sweep", "--config", config_path, "--workdir", workdir]) == 0
+  err = capsys.readouterr().err
+  assert "s0, s3, s7 as one ensemble of 3" in err and "job 2/2: wide ->" in err
+  entropies = []
+  for member in SEED_MEMBERS:
+    member_dir = os.path.join(workdir, member["name"])
+    saved = config_lib.load_json(os.path.join(member_dir, "config.json"))
+    assert saved.train.seed == member["train.seed"] and saved.train.members == 1  # each a solo run of its seed
+    assert str(STEPS) in os.listdir(os.path.join(member_dir, "checkpoints"))
+    with open(os.path.join(member_dir, "entropy.json")) as f:
+      record = json.load(f)
+    assert record["name"] == member["name"] and record["step"] == STEPS
+    entropies.append(record["eval/entropy_model_seq"])
+    # The config's periodic entropy analysis (logging.entropy_every) ran for each member inside the ensemble.
+    periodic = [r for r in read_metrics(os.path.join(member_dir, "metrics.jsonl")) if "eval/entropy_model_seq" in r]
+    assert [r["step"] for r in periodic] == [STEPS - 1]
+    assert periodic[0]["eval/entropy_model_seq"] == pytest.approx(record["eval/entropy_model_seq"], rel=1e-6)
+  assert len(set(entropies)) == 3
+  assert not os.path.exists(os.path.join(workdir, "ensemble.json"))  # the members keep the sweep's folders
+  with open(os.path.join(workdir, "sweep_summary.json")) as f:
+    assert [r["name"] for r in json.load(f)] == ["s0", "s3", "s7", "wide"]
+
+
+def test_a_group_resumed_at_different_steps_trains_one_by_one_and_says_why(tmp_path, trained_run, capsys):
+  config_path = write_sweep_file(str(tmp_path), SEED_MEMBERS[:2])
+  workdir = str(tmp_path / "runs")
+  shutil.copytree(trained_run[0], os.path.join(workdir, "s0"))  # s0 is trained to the end; s3 has not begun
+  os.remove(os.path.join(workdir, "s0", "entropy.json")) if os.path.exists(
+      os.path.join(workdir, "s0", "entropy.json")) else None
+  assert cli.main(["sweep", "--config", config_path, "--workdir", workdir]) == 0
+  err = capsys.readouterr().err
+  assert f"s0, s3 differ only in train.seed and data.seed and data.order_seed but train one by one: their " \
+         f"checkpoints stand at different steps (s0: {STEPS}, s3: none)" in err
+  assert cli.main(["sweep", "--config", config_path, "--workdir", workdir, "--ensembles", "none"]) == 0
+  assert "one by one" not in capsys.readouterr().err  # nothing left to group: both finished

@@ -6,7 +6,7 @@ config before anything compiles. Every problem is an `InputError` naming the
 key and the fix.
 """
 
-from lensjax.config.ensemble import member_configs
+from lensjax.config.ensemble import ensemble_of, member_configs, setting_key
 from lensjax.config.files import apply_overrides, load_config_file, load_json, parse_override_args, save_json
 from lensjax.config.sections import (CHOICES, STATE_KEYS, CheckpointConfig, Config, DataConfig, LoggingConfig,
                                      ModelConfig, OptimConfig, ParallelConfig, StatsConfig, TrainConfig, from_dict,
@@ -18,4 +18,4 @@ __all__ = ["apply_overrides", "from_dict", "load_config_file", "load_json", "par
            "to_dict", "unknown_key_error", "updated", "CHOICES", "STATE_KEYS", "CheckpointConfig", "Config",
            "DataConfig", "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig", "StatsConfig",
            "TrainConfig", "resolve", "MAX_STATIONARY_CONTEXTS", "resume_conflicts", "stationary_start_problem",
-           "validate", "member_configs"]
+           "validate", "member_configs", "ensemble_of", "setting_key"]

@@ -11,10 +11,15 @@ config `member_configs(config)[i]` gives: seeds `train.seed + i` (with
 from __future__ import annotations
 
 import dataclasses
+import json
 
-from lensjax.config.sections import Config
+from lensjax.config.sections import Config, to_dict
+from lensjax.errors import InputError
 
 VARY = ("init", "data", "target")
+# What may differ between the members of one ensemble.
+SEED_KEYS = ("train.seed", "data.seed", "data.order_seed")
+HYPER_KEYS = ("optim.lr", "optim.weight_decay")
 
 
 def vary_parts(vary: str) -> tuple[str, ...]:
@@ -42,3 +47,26 @@ def member_configs(config: Config) -> list[Config]:
                                   else o.weight_decay,
                                   lr_per_member=(), weight_decay_per_member=())))
   return members
+
+
+def setting_key(config: Config, free: tuple[str, ...] = SEED_KEYS + HYPER_KEYS) -> str:
+  """`config` as text without the `free` keys (and the ensemble's own): equal for members of one ensemble."""
+  values = to_dict(config)
+  for key in free + ("train.members", "optim.lr_per_member", "optim.weight_decay_per_member"):
+    section, name = key.split(".")
+    values[section].pop(name, None)
+  return json.dumps(values, sort_keys=True)
+
+
+def ensemble_of(members: list[Config]) -> Config:
+  """The config of an ensemble of these solo configs, which may differ only in seeds, learning rate and weight
+  decay; train it with `members=` (its own `member_configs` would number the seeds from the first member's)."""
+  if len({setting_key(m) for m in members}) != 1:
+    raise InputError("the members of an ensemble may differ only in train.seed, data.seed, data.order_seed, "
+                     "optim.lr and optim.weight_decay; train the others as separate runs.")
+  first = members[0]
+  per_member = lambda values: tuple(values) if len(set(values)) > 1 else ()
+  return dataclasses.replace(
+      first, train=dataclasses.replace(first.train, members=len(members)),
+      optim=dataclasses.replace(first.optim, lr_per_member=per_member(m.optim.lr for m in members),
+                                weight_decay_per_member=per_member(m.optim.weight_decay for m in members)))

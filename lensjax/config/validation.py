@@ -128,12 +128,6 @@ def _validate_ensemble(config: Config) -> None:
   if t.members > 1:
     _check(config.parallel.fsdp == 1, f"train.members={t.members} replicates every member on every device; set "
                                       "parallel.fsdp=1 (ensembles are for models small enough to replicate).")
-    periodic = [key for key, every in (("stats.saturation_every", config.stats.saturation_every),
-                                       ("stats.hessian_every", config.stats.hessian_every),
-                                       ("logging.entropy_every", config.logging.entropy_every)) if every]
-    _check(not periodic, f"{', '.join(periodic)} do not run inside an ensemble (train.members={t.members}); set "
-                         "them to 0 and run the analysis on a member's checkpoints afterwards, e.g. lensjax "
-                         "saturation --workdir WORKDIR/member_0.")
 
 
 def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:

@@ -80,10 +80,10 @@ class EnsembleCheckpoints:
   Each member's checkpoint is a solo run's; a step counts only when every member has it and it reads back.
   """
 
-  def __init__(self, workdir: str, members: Sequence[Config], **options):
+  def __init__(self, run_dirs: Sequence[str], members: Sequence[Config], **options):
     self.members = list(members)
-    self.parts = [Checkpoints(os.path.join(d, "checkpoints"), **options) for d in member_dirs(workdir, len(members))]
-    self.directory = os.path.join(workdir, "member_*", "checkpoints")
+    self.parts = [Checkpoints(os.path.join(d, "checkpoints"), **options) for d in run_dirs]
+    self.directory = f"the checkpoints of the {len(run_dirs)} members in {os.path.commonpath(run_dirs)}"
 
   def check_compatible(self, config: Config, keys: tuple[str, ...], lenses: list[str]) -> None:
     """Each member's checkpoints against that member's config (`config` is the ensemble's)."""

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.data.factory import make_source
+from lensjax.data.prepared import with_prepared_vocab
 from lensjax.errors import TrainingHalted
 from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
 from lensjax.io.metrics_log import truncate_after
@@ -42,7 +43,9 @@ def platform() -> str:
 
 
 def prepare(config: config_lib.Config) -> config_lib.Config:
-  """Validates and resolves a config for this machine; raises InputError."""
+  """Validates and resolves a config for this machine (the vocabulary of a prepared text directory from its
+  meta.json); raises InputError."""
+  config = with_prepared_vocab(config)
   config_lib.validate(config, jax.device_count(), jax.process_count(), platform())
   return config_lib.resolve(config, platform())
 
@@ -80,10 +83,12 @@ class Periodic:
   make: Callable[[Run], Callable]
 
 
-def build(config: config_lib.Config, mesh=None) -> Run:
-  """Builds sources, model, optimiser, initial state and compiled steps."""
+def build(config: config_lib.Config, mesh=None, members: Sequence[config_lib.Config] | None = None) -> Run:
+  """Builds sources, model, optimiser, initial state and compiled steps; `members`: an ensemble's solo configs
+  (default `member_configs(config)`)."""
   mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
-  members, ensemble = config_lib.member_configs(config), config.train.members > 1
+  members = list(members or config_lib.member_configs(config))
+  ensemble = config.train.members > 1
   sources = [make_source(member) for member in members]
   train_lenses, eval_lenses = lens_lib.train_lenses(config), lens_lib.eval_lenses(config)
   probe_lenses = lens_lib.probe_lenses(config)
@@ -118,6 +123,30 @@ def build(config: config_lib.Config, mesh=None) -> Run:
   return Run(config, members, sources, mesh, state, compiled_step(model_plain, every_step, False),
              compiled_step(model_logging, train_lenses, True), evaluation(eval_lenses, "eval/loss"), overlap_fn,
              evaluation(probe_lenses, "probe/loss"), schedule, train_lenses + eval_lenses + probe_lenses)
+
+
+def member_run(run: Run, i: int) -> Run:
+  """Member i of an ensemble as a solo Run (its config, source and schedule; the compiled steps stay the
+  ensemble's): what a periodic analysis of that member is built from."""
+  member = run.members[i]
+  return dataclasses.replace(run, config=member, members=[member], sources=[run.sources[i]], state=None,
+                             schedule=optim.make_schedule(member.optim, member.train.steps))
+
+
+def periodic_analyses_of(run: Run, periodic: Sequence[Periodic]) -> list[tuple[int, Callable]]:
+  """`(every, fn(state, batch, step) -> metrics)`; in an ensemble, each member's analysis on its slice, its
+  metrics stacked along the member axis as the step's are."""
+  if not run.ensemble:
+    return [(analysis.every, analysis.make(run)) for analysis in periodic]
+  built = []
+  for analysis in periodic:
+    per_member = [analysis.make(member_run(run, i)) for i in range(len(run.members))]
+
+    def ensemble_analysis(state, batch, step, per_member=per_member):
+      results = [fn(member_of(state, i), member_of(batch, i), step) for i, fn in enumerate(per_member)]
+      return {name: np.stack([np.asarray(result[name]) for result in results]) for name in results[0]}
+    built.append((analysis.every, ensemble_analysis))
+  return built
 
 
 def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
@@ -226,7 +255,8 @@ def compile_steps(run: Run, state):
 
 
 def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = None,
-          periodic: Sequence[Periodic] = ()) -> object:
+          periodic: Sequence[Periodic] = (), members: Sequence[config_lib.Config] | None = None,
+          run_dirs: Sequence[str] | None = None) -> object:
   """Trains (or resumes) into `workdir`; returns the final train state.
 
   `stop_at_step` interrupts the run as a preemption would: a checkpoint at that
@@ -234,25 +264,26 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   analyses to run every so many steps, as separate compiled functions, so they
   cost nothing on other steps (`lensjax.runner` chooses them from the config).
   An ensemble (`train.members` > 1) writes one run directory per member,
-  WORKDIR/member_<i>/.
+  WORKDIR/member_<i>/, or into `run_dirs` when it is given its `members`' configs (`config_lib.ensemble_of`).
   """
   config = prepare(config)
-  members, ensemble = config_lib.member_configs(config), config.train.members > 1
-  run_dirs = member_dirs(workdir, len(members)) if ensemble else [workdir]
+  ensemble, explicit = config.train.members > 1, members is not None
+  members = [prepare(member) for member in members] if explicit else config_lib.member_configs(config)
+  run_dirs = list(run_dirs) if explicit else member_dirs(workdir, len(members)) if ensemble else [workdir]
   for run_dir in run_dirs:
     os.makedirs(run_dir, exist_ok=True)
   options = dict(keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
                  keep_every=config.checkpoint.keep_every, cleanup_unfinished=True, migrate=MIGRATE)
-  checkpoints = (EnsembleCheckpoints(workdir, members, **options) if ensemble
+  checkpoints = (EnsembleCheckpoints(run_dirs, members, **options) if ensemble
                  else Checkpoints(os.path.join(workdir, "checkpoints"), **options))
   checkpoints.check_compatible(config, resume_config_keys(config), stateful_names(lens_lib.train_lenses(config)))
-  run = build(config)
+  run = build(config, members=members)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
   if jax.process_index() == 0:
     _prepare_run_dirs(run, run_dirs, start_step, restored is not None, checkpoints.directory)
-    if ensemble:
+    if ensemble and not explicit:
       write_ensemble_file(workdir, config, len(members))
   one_member_params = member_of(state.params, 0) if ensemble else state.params
   perf_line = perf.describe(one_member_params, config.model, config.data.seq_len)
@@ -284,7 +315,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
 
   saved_step = start_step
   probe = probe_batch(run)
-  periodic = [(analysis.every, analysis.make(run)) for analysis in periodic]
+  periodic = periodic_analyses_of(run, periodic)
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
     parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
@@ -321,7 +352,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
     check_finite(skipped_steps(state))
     checkpoints.save(final_step, state, meta)
   checkpoints.close()
-  _log(f"done at step {final_step}; run directory {workdir}")
+  _log(f"done at step {final_step}; run director{'ies' if explicit else 'y'} "
+       f"{', '.join(run_dirs) if explicit else workdir}")
   return state
 
 
