@@ -174,3 +174,18 @@ def test_bad_ensemble_input_exits_2_with_one_sentence(overrides, sentence, tmp_p
   assert code == 2 and sentence in err, err
   assert err.count("lensjax: error:") == 1
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("command, options, key", [
+    ("entropy", ["--method", "mc", "--samples", "256"], "eval/entropy_model_seq"),
+    ("saturation", ["--batch-size", "8"], "eval/saturation/layer_0"),
+    ("hessian", ["--power-iters", "3", "--trace-probes", "1", "--lanczos-steps", "4", "--top-k", "2", "--no-layers"],
+     "hessian/lambda_max"),
+    ("spikes", ["--step", "150", "--before", "1", "--after", "1", "--power-iters", "2"], "spikes"),
+])
+def test_every_analysis_reads_a_member_directory(ensemble, command, options, key, capsys):
+  workdir, _ = ensemble
+  code = cli.main([command, "--workdir", os.path.join(workdir, "member_2"), "--json", *options])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  assert key in json.loads(out.strip().splitlines()[-1])

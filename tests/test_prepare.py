@@ -221,3 +221,18 @@ def test_prepare_then_20_steps_on_it_lower_the_validation_loss(texts, tmp_path):
   pieces = detokenizer.token_texts(ids)
   assert len(pieces) == len(ids) > 1 and "".join(pieces) == detokenizer.decode(ids) == "The king sleeps."
   assert Detokenizer.from_run_config(make_tiny_config()) is None
+  # `lensjax tokens` decodes held-out batch 0 with the run's tokenizer; over all its rows the mean token loss is
+  # the final eval/loss (eval_batches 1, the same parameters), and the report shows the text.
+  assert cli.main(["tokens", "--workdir", str(workdir), "--rows", str(config.train.batch_size), "--max-tokens",
+                   "1000", "--json"]) == 0
+  shown = json.loads((workdir / "tokens.json").read_text())
+  assert shown["decoded_with"] == "tokenizer" and shown["step"] == 20
+  assert shown["mean_nll"] == pytest.approx(evals[-1], rel=1e-5)
+  heldout = runner.loop.make_source(resolved).batch(0, config.train.batch_size, split="heldout")
+  row = shown["rows"][1]
+  assert row["text"] == detokenizer.decode(heldout["targets"][1]) and len(row["tokens"]) == config.data.seq_len
+  assert "".join(t["text"] for t in row["tokens"]) == row["text"]
+  assert all(t["nll"] >= 0 and 0 <= t["entropy"] <= np.log(300) + 1e-4 for t in row["tokens"])
+  from lensjax.report.build import build_report
+  page = open(build_report([str(workdir)], str(tmp_path / "report"))).read()
+  assert "## Held-out text, token by token" in page and shown["rows"][0]["text"][:20].split("\n")[0] in page

@@ -29,6 +29,7 @@ from lensjax.report.page import FigureEntry, Section, figure_entry
 from lensjax.report.plotting import Series, log_color_norm
 from lensjax.report.runs import RunRecord
 from lensjax.report.size_section import size_figures
+from lensjax.report.tokens_section import tokens_markdown
 
 DEFAULT_LAST_N = 5
 # Where a per-layer statistic was measured: (metric prefix, panel title).
@@ -119,7 +120,8 @@ def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LA
   ensembles = ensemble_part(runs, prefixes, out_dir, last_n)
   markdown = page.page_markdown(summaries, run_sections, comparison, shown=shown, replicas=replicas,
                                 points=points, by_size=by_size, ensembles=ensembles)
-  return page.write_page(out_dir, markdown)
+  held_out_text = tokens_markdown(runs, prefixes)
+  return page.write_page(out_dir, markdown + ("\n" + held_out_text if held_out_text else ""))
 
 
 def ensemble_part(runs: Sequence[RunRecord], prefixes: Sequence[str], out_dir: str, last_n: int) -> str:
