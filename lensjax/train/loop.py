@@ -10,14 +10,12 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
 from lensjax import parallel, perf
@@ -25,14 +23,13 @@ from lensjax.data.factory import make_source
 from lensjax.data.prepared import with_prepared_vocab
 from lensjax.errors import TrainingHalted
 from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
-from lensjax.io.metrics_log import truncate_after
 from lensjax.io.run_logger import EnsembleLogger, RunLogger
 from lensjax.model import has_ffn
-from lensjax.signals import SigtermFlag
 from lensjax.stats import lenses as lens_lib
-from lensjax.stats.lens import Lens, event_logs, resume_keys, stateful_names
+from lensjax.stats.lens import Lens, resume_keys, stateful_names
 from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
+from lensjax.train.guards import Preemption, first_bad_steps, halt_message, log, prepare_run_dirs, skipped_steps
 from lensjax.train.ensemble import EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of, write_ensemble_file
 from lensjax.train.state import MIGRATE, create_state
 from lensjax.train.step import eval_step, jit_train_step, model_for
@@ -154,53 +151,6 @@ def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
   return config_lib.STATE_KEYS + resume_keys(lens_lib.train_lenses(config))
 
 
-def halt_message(run: Run, state, checkpoints) -> str:
-  checkpoints.wait()
-  bad_steps = first_bad_steps(state)
-  member = int(np.argmax(bad_steps >= 0))
-  bad, d, source = int(bad_steps[member]), run.members[member].data, run.sources[member]
-  where = f"batch of step {bad} (data.source={d.source}, data.seed={d.seed}, rows 0..{run.config.train.batch_size - 1}"
-  if hasattr(source, "window_starts"):
-    starts = source.window_starts(bad, run.config.train.batch_size, "train")
-    where += f", token offsets {', '.join(map(str, starts[:8]))}{', ...' if len(starts) > 8 else ''}"
-  last = checkpoints.latest_step()
-  who = f"member {member} of the ensemble: " if run.ensemble else ""
-  fix = (" or --config.train.nan_policy=freeze to keep the other members going" if run.ensemble else "")
-  return (f"{who}non-finite loss or gradient at step {bad}, on the {where}); nothing after it was saved and the last "
-          f"good checkpoint is {'step ' + str(last) if last is not None else 'none'}. Lower optim.lr or "
-          f"optim.clip_norm, or pass --config.train.nan_policy=skip to skip such steps{fix}.")
-
-
-class _Preemption(SigtermFlag):
-  """Turns SIGTERM into a stop between steps.
-
-  One process: a flag of its own. Several (jax.distributed): JAX's preemption
-  notifier catches SIGTERM and the processes agree on the step at which all of
-  them stop; flags of their own would stop them at different steps, each then
-  waiting for the others in a collective.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self._agreed = jax.distributed.is_initialized()
-
-  def reached(self, step: int) -> bool:
-    """Whether to stop before `step`; every process asks at every step."""
-    if self._agreed:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def __enter__(self):
-    if self._agreed:  # leave SIGTERM to JAX's notifier
-      return self
-    return super().__enter__()
-
-
-def _log(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
-
-
 def device_batch(run: Run, step: int, split: str = "train", rows: int | None = None):
   """Batch `step` of `split` (`rows` rows, default train.batch_size), this process's rows, placed on the mesh;
   in an ensemble each member's batch from its own source, stacked [N, B, ...]."""
@@ -250,7 +200,7 @@ def compile_steps(run: Run, state):
   for name, fn in (("plain", run.plain_step), ("logging", run.logging_step)):
     start = time.perf_counter()
     compiled.append(fn.lower(state, batch).compile())
-    _log(f"compiled the {name} step in {time.perf_counter() - start:.1f} s{perf.memory_summary(compiled[-1])}")
+    log(f"compiled the {name} step in {time.perf_counter() - start:.1f} s{perf.memory_summary(compiled[-1])}")
   return compiled
 
 
@@ -282,12 +232,12 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   state = run.state if restored is None else restored
   start_step = start_step or 0
   if jax.process_index() == 0:
-    _prepare_run_dirs(run, run_dirs, start_step, restored is not None, checkpoints.directory)
+    prepare_run_dirs(run, run_dirs, start_step, restored is not None, checkpoints.directory)
     if ensemble and not explicit:
       write_ensemble_file(workdir, config, len(members))
   one_member_params = member_of(state.params, 0) if ensemble else state.params
   perf_line = perf.describe(one_member_params, config.model, config.data.seq_len)
-  _log(perf_line + (f"; {len(members)} members in one program" if ensemble else ""))
+  log(perf_line + (f"; {len(members)} members in one program" if ensemble else ""))
   loggers = [RunLogger(run_dir, config.train.steps, start_step, len(members) * config.train.batch_size
                        * config.data.seq_len, perf.flops_per_token(one_member_params, config.model, config.data.seq_len),
                        config.logging.progress if i == 0 else "none", config.model.num_layers, run.lenses)
@@ -310,7 +260,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
       for member, bad in enumerate(first_bad_steps(state)):
         if bad >= 0 and member not in frozen:
           frozen.add(member)
-          _log(f"member {member} stopped at step {bad} (non-finite loss or gradient) and is kept as it was before "
+          log(f"member {member} stopped at step {bad} (non-finite loss or gradient) and is kept as it was before "
                "it; the other members go on")
 
   saved_step = start_step
@@ -319,11 +269,11 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
     parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
-  with _Preemption() as preemption:
+  with Preemption() as preemption:
     for step in range(start_step, total):
       preempted = preemption.reached(step)
       if preempted or step == stop_at_step:
-        _log(f"{'SIGTERM' if preempted else 'stop requested'}: saving a checkpoint at step {step}")
+        log(f"{'SIGTERM' if preempted else 'stop requested'}: saving a checkpoint at step {step}")
         break
       is_log = step % log_every == 0 or step == total - 1
       batch = device_batch(run, step)
@@ -352,32 +302,6 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
     check_finite(skipped_steps(state))
     checkpoints.save(final_step, state, meta)
   checkpoints.close()
-  _log(f"done at step {final_step}; run director{'ies' if explicit else 'y'} "
+  log(f"done at step {final_step}; run director{'ies' if explicit else 'y'} "
        f"{', '.join(run_dirs) if explicit else workdir}")
   return state
-
-
-def _prepare_run_dirs(run: Run, run_dirs: list[str], start_step: int, restored: bool, checkpoint_dir: str) -> None:
-  """Drops the records logged after the checkpoint resumed from (they are logged again) and writes config.json."""
-  for i, (run_dir, member) in enumerate(zip(run_dirs, run.members)):
-    # Without a checkpoint (a run killed before its first save) every record is logged again.
-    dropped = truncate_after(os.path.join(run_dir, "metrics.jsonl"), start_step - 1)
-    for log in event_logs(run.lenses):
-      truncate_after(os.path.join(run_dir, f"{log}.jsonl"), start_step - 1)
-    if i == 0 and restored:  # said once: every member of an ensemble resumes from the same step
-      _log(f"resuming from the checkpoint at step {start_step} in {checkpoint_dir}"
-           + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))
-    elif i == 0 and dropped:
-      _log(f"no checkpoint in {checkpoint_dir}: starting at step 0 (dropped {dropped} metric records logged "
-           "by an earlier attempt)")
-    config_lib.save_json(member if run.ensemble else run.config, os.path.join(run_dir, "config.json"))
-
-
-def skipped_steps(state) -> float:
-  """The most updates any member skipped for a non-finite loss or gradient."""
-  return float(np.max(jax.device_get(state.skipped_steps)))
-
-
-def first_bad_steps(state) -> np.ndarray:
-  """Per member, the first step with a non-finite loss or gradient (-1: none)."""
-  return np.asarray(jax.device_get(state.first_bad_step)).reshape(-1)
