@@ -189,3 +189,34 @@ def test_every_analysis_reads_a_member_directory(ensemble, command, options, key
   out, err = capsys.readouterr()
   assert code == 0, err
   assert key in json.loads(out.strip().splitlines()[-1])
+
+
+def test_sigterm_stops_every_member_at_one_step_and_the_resumed_ensemble_is_exact(ensemble, tmp_path, monkeypatch):
+  """SIGTERM arrives while step 70's batches are read: one checkpoint per member at 71, then an exact resume."""
+  import signal
+  workdir, state = ensemble
+  run_dir = str(tmp_path / "run")
+  make_source = loop.make_source
+
+  def source_that_is_preempted(config):
+    source = make_source(config)
+    read = source.batch
+
+    def batch(step, *args, **kwargs):
+      if step == 70 and kwargs.get("split", "train") == "train" and config.train.seed == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return read(step, *args, **kwargs)
+
+    source.batch = batch
+    return source
+
+  monkeypatch.setattr(loop, "make_source", source_that_is_preempted)
+  interrupted = loop.train(ensemble_config(), run_dir)
+  assert np.asarray(interrupted.step).tolist() == [71] * MEMBERS
+  for i in range(MEMBERS):
+    saved = [s for s in os.listdir(os.path.join(run_dir, f"member_{i}", "checkpoints")) if s.isdigit()]
+    assert saved == ["71"], saved
+  monkeypatch.setattr(loop, "make_source", make_source)
+  resumed = host(loop.train(ensemble_config(), run_dir))
+  for got, want in zip(jax.tree.leaves(resumed), jax.tree.leaves(state)):
+    assert np.array_equal(got, want)
