@@ -83,3 +83,23 @@ def write_config_file(path, config: Config) -> str:
     f.write("from lensjax.config import load_json\n\n\n"
             f"def get_config():\n  return load_json({json_path!r})\n")
   return str(path)
+
+
+def preempted_sources(make_source, at_step: int, only=lambda config: True):
+  """A `make_source` whose sources send this process SIGTERM while training batch `at_step` is read (for the
+  configs `only` picks), as a scheduler's preemption would arrive mid-run."""
+  import signal
+
+  def make(config):
+    source = make_source(config)
+    read = source.batch
+
+    def batch(step, *args, **kwargs):
+      if step == at_step and kwargs.get("split", "train") == "train" and only(config):
+        os.kill(os.getpid(), signal.SIGTERM)
+      return read(step, *args, **kwargs)
+
+    source.batch = batch
+    return source
+
+  return make

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config, write_config_file
+from conftest import make_tiny_config, preempted_sources, write_config_file
 from lensjax import cli
 from lensjax import config as config_lib
 from lensjax.analysis.common import load_checkpoint_run
@@ -193,24 +193,10 @@ def test_every_analysis_reads_a_member_directory(ensemble, command, options, key
 
 def test_sigterm_stops_every_member_at_one_step_and_the_resumed_ensemble_is_exact(ensemble, tmp_path, monkeypatch):
   """SIGTERM arrives while step 70's batches are read: one checkpoint per member at 71, then an exact resume."""
-  import signal
   workdir, state = ensemble
   run_dir = str(tmp_path / "run")
   make_source = loop.make_source
-
-  def source_that_is_preempted(config):
-    source = make_source(config)
-    read = source.batch
-
-    def batch(step, *args, **kwargs):
-      if step == 70 and kwargs.get("split", "train") == "train" and config.train.seed == 0:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return read(step, *args, **kwargs)
-
-    source.batch = batch
-    return source
-
-  monkeypatch.setattr(loop, "make_source", source_that_is_preempted)
+  monkeypatch.setattr(loop, "make_source", preempted_sources(make_source, 70, lambda c: c.train.seed == 0))
   interrupted = loop.train(ensemble_config(), run_dir)
   assert np.asarray(interrupted.step).tolist() == [71] * MEMBERS
   for i in range(MEMBERS):

@@ -8,7 +8,6 @@ CLI subprocesses included.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import time
@@ -19,11 +18,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import NUM_DEVICES, popen_cli, run_cli, write_config_file
+from conftest import NUM_DEVICES, popen_cli, preempted_sources, write_config_file
 from lensjax import config as config_lib
 from lensjax import parallel
 from lensjax.errors import InputError
-from lensjax.io.checkpoints import Checkpoints, abstract_like
+from lensjax.io.checkpoints import Checkpoints
 from lensjax.io.metrics_log import read_metrics
 from lensjax.train import loop
 from lensjax.train.state import legacy_layout
@@ -239,20 +238,7 @@ def test_sigterm_saves_and_the_resumed_run_equals_the_straight_run(straight, tmp
   straight_dir, straight_state = straight
   workdir = str(tmp_path / "run")
   make_source = loop.make_source
-
-  def source_that_is_preempted(config):
-    source = make_source(config)
-    read = source.batch
-
-    def batch(step, *args, **kwargs):
-      if step == 37 and kwargs.get("split", "train") == "train":
-        os.kill(os.getpid(), signal.SIGTERM)
-      return read(step, *args, **kwargs)
-
-    source.batch = batch
-    return source
-
-  monkeypatch.setattr(loop, "make_source", source_that_is_preempted)
+  monkeypatch.setattr(loop, "make_source", preempted_sources(make_source, 37))
   interrupted = loop.train(CONFIG, workdir)
   assert int(interrupted.step) == 38
   assert checkpoint_steps(workdir) == [38]
