@@ -89,7 +89,7 @@ class RecordQueue(abc.ABC):
       (units if name.startswith("units/") else scalars)[name] = value
 
   def flush(self) -> float:
-    """Fetches and writes the queued records; returns the largest `train/skipped_steps` seen."""
+    """Fetches and writes the queued records; returns the largest `train/skipped_steps` seen (for an ensemble, summed over its members)."""
     skipped = 0.0
     for step in sorted(self._pending):
       scalars, units = jax.device_get(self._pending[step])
@@ -160,7 +160,8 @@ class EnsembleLogger(RecordQueue):
 
   def write(self, step: int, scalars: dict, units: dict) -> float:
     member = lambda tree, i: {name: value[i] for name, value in tree.items()}
-    return max(logger.write(step, member(scalars, i), member(units, i)) for i, logger in enumerate(self.loggers))
+    # The sum over members: it rises whenever any member skips another update.
+    return sum(logger.write(step, member(scalars, i), member(units, i)) for i, logger in enumerate(self.loggers))
 
   def text(self, step: int, tag: str, texts: Sequence[str]) -> None:
     for logger, text in zip(self.loggers, texts):

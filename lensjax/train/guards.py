@@ -80,8 +80,8 @@ def prepare_run_dirs(run, run_dirs: list[str], start_step: int, restored: bool, 
 
 
 def skipped_steps(state) -> float:
-  """The most updates any member skipped for a non-finite loss or gradient."""
-  return float(np.max(jax.device_get(state.skipped_steps)))
+  """The updates skipped for a non-finite loss or gradient, by all members together."""
+  return float(np.sum(jax.device_get(state.skipped_steps)))
 
 
 def first_bad_steps(state) -> np.ndarray:

@@ -252,11 +252,13 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   meta = meta_of(config_lib.to_dict(config), state)
   halting, freezing = config.train.nan_policy == "halt", config.train.nan_policy == "freeze"
   frozen: set[int] = set()
+  seen_skipped = [0.0]  # the members' skipped updates in all, when last looked at: only a rise is news
 
   def check_finite(skipped: float) -> None:
     if halting and skipped > 0:
       raise TrainingHalted(halt_message(run, state, checkpoints))
-    if freezing and skipped > 0:
+    if freezing and skipped > seen_skipped[0]:
+      seen_skipped[0] = skipped
       for member, bad in enumerate(first_bad_steps(state)):
         if bad >= 0 and member not in frozen:
           frozen.add(member)
