@@ -4,7 +4,8 @@
         [--set KEY=VALUE ...]
 
 Two settings, each timed with members = 1 and members = N through `lensjax bench`'s
-train rows (median over `--steps` calls after warm-up, the compiled program's
+train rows (median over `--steps` synchronised calls after warm-up, and the pipelined rate of
+`--steps` calls queued back to back, which is what the training loop sees; the compiled program's
 peak memory from XLA):
 
   small    ~1.0M parameters (4 layers, d 144, d_ff 576), batch 64 x T 8, order-2 Markov target, N = 16
@@ -51,7 +52,8 @@ def measure(name: str, members: int, values: dict, steps: int, overrides: dict) 
   params = member_of(run.state.params, 0) if run.ensemble else run.state.params
   plain, logging = bench.bench_train_steps(run, steps)
   return {"setting": name, "members": members, "params_per_member": count_params(params),
-          "plain_ms": 1e3 * plain["seconds"], "logging_ms": 1e3 * logging["seconds"],
+          "plain_ms": 1e3 * plain["seconds"], "plain_pipelined_ms": 1e3 * plain["pipelined_seconds"],
+          "logging_ms": 1e3 * logging["seconds"],
           "tokens_per_s": plain["tokens_per_s"], "memory_gib": plain["memory_gib"], "compile_s": plain["compile_s"]}
 
 
@@ -71,17 +73,20 @@ def main(argv=None) -> int:
     values = {**values, **(QUICK if args.quick else {})}
     one = measure(name, 1, values, args.steps, overrides)
     many = measure(name, members, values, args.steps, overrides)
-    ratio = many["plain_ms"] / one["plain_ms"]
+    ratio = many["plain_pipelined_ms"] / one["plain_pipelined_ms"]
+    synchronised = many["plain_ms"] / one["plain_ms"]
     rows += [one, many]
-    verdicts.append(f"{name}: {members} members take {ratio:.2f}x one member's plain step "
-                    f"(target at most {target:g}x): {'met' if ratio <= target else 'not met'}")
+    verdicts.append(f"{name}: {members} members take {ratio:.2f}x one member's plain step as the loop runs it "
+                    f"(pipelined; target at most {target:g}x): {'met' if ratio <= target else 'not met'}; "
+                    f"{synchronised:.2f}x with every step waited for")
     print(f"{name} done", file=sys.stderr, flush=True)
   print(f"device {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}"
         + (f"; overrides {overrides}" if overrides else ""))
-  print(f"{'setting':8s} {'members':>7s} {'params':>11s} {'plain ms':>9s} {'logging ms':>10s} {'tokens/s':>12s} "
-        f"{'mem GiB':>8s} {'compile s':>9s}")
+  print(f"{'setting':8s} {'members':>7s} {'params':>11s} {'plain ms':>9s} {'pipelined':>9s} {'logging ms':>10s} "
+        f"{'tokens/s':>12s} {'mem GiB':>8s} {'compile s':>9s}")
   for r in rows:
     print(f"{r['setting']:8s} {r['members']:7d} {r['params_per_member']:11,d} {r['plain_ms']:9.2f} "
+          f"{r['plain_pipelined_ms']:9.2f} "
           f"{r['logging_ms']:10.2f} {r['tokens_per_s']:12,.0f} {r['memory_gib'] or float('nan'):8.3f} "
           f"{r['compile_s']:9.1f}")
   print("\n".join(verdicts))
