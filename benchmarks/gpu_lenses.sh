@@ -8,7 +8,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_
 python3 -c "import numpy as np; np.random.default_rng(0).integers(0, 50257, size=4_000_000, dtype=np.uint16).tofile('/tmp/tokens.bin')"
 python3 -m lensjax bench --config configs/gpt2_small.py --config.data.path=/tmp/tokens.bin --steps 30 2>&1 | tee "$out/bench_gpt2_small.txt"
 rm -rf /tmp/layer_sparsity
-python3 -m lensjax train --config configs/layer_sparsity.py --workdir /tmp/layer_sparsity --config.logging.progress=lines 2>&1 | grep -v "^\s" | tail -6
+python3 -m lensjax train --config configs/layer_sparsity_pilot.py --workdir /tmp/layer_sparsity --config.logging.progress=lines 2>&1 | grep -v "^\s" | tail -6
 cp /tmp/layer_sparsity/metrics.jsonl "$out/layer_sparsity.metrics.jsonl"
 cp /tmp/layer_sparsity/neuron_events.jsonl "$out/layer_sparsity.neuron_events.jsonl"
 cp /tmp/layer_sparsity/config.json "$out/layer_sparsity.config.json"
