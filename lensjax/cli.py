@@ -70,9 +70,11 @@ def parser() -> argparse.ArgumentParser:
   # Corpus preparation, the sweep runner and the analyses register their own subcommands; they never import this
   # module.
   from lensjax import sweep
-  from lensjax.analysis import entropy_cli, growth_cli, hessian_cli, saturation_cli, spikes_cli, tokens_cli
+  from lensjax.analysis import (deaths_cli, entropy_cli, growth_cli, hessian_cli, saturation_cli, spikes_cli,
+                                tokens_cli)
   from lensjax.data import prepare
-  for module in (prepare, sweep, entropy_cli, hessian_cli, spikes_cli, saturation_cli, growth_cli, tokens_cli):
+  for module in (prepare, sweep, entropy_cli, hessian_cli, spikes_cli, saturation_cli, growth_cli, tokens_cli,
+                 deaths_cli):
     module.add_parser(commands)
   return top
 

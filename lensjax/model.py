@@ -35,6 +35,7 @@ CAPTURES = {
     "attn_logits": "float32 [B, H, T, T]: scaled attention scores before the causal mask (explicit path only)",
     "attn_probs": "[B, H, T, T]: attention probabilities (explicit path only)",
     "ffn_hidden": "a_BxTxF: the FFN's activations after the nonlinearity",
+    "ffn_pre": "z_BxTxF: the FFN's pre-activations, a = act(z) (ReLU/GELU; a SwiGLU unit has two, so none is given)",
 }
 EXPLICIT_ONLY = ("attn_logits", "attn_probs")  # the fused cuDNN kernel never forms them
 
@@ -138,7 +139,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """Returns `(out_BxTxD, a_BxTxF)`: the output and the activations after the nonlinearity."""
+  """Returns `(out_BxTxD, tensors)`: the output and the CAPTURES of the sublayer (`ffn_hidden`, `ffn_pre`)."""
   cfg: ModelConfig
   residual_scale: float = 1.0
 
@@ -150,13 +151,16 @@ class FeedForward(nn.Module):
                               kernel_init=nn.initializers.normal(cfg.init_std))
     if cfg.activation == "swiglu":
       a_BxTxF = nn.silu(dense(cfg.d_ff, name="gate")(x_BxTxD)) * dense(cfg.d_ff, name="up")(x_BxTxD)
+      tensors = {"ffn_hidden": a_BxTxF}
     else:
       act = {"relu": nn.relu, "gelu": nn.gelu}[cfg.activation]
-      a_BxTxF = act(dense(cfg.d_ff, name="up")(x_BxTxD))
+      z_BxTxF = dense(cfg.d_ff, name="up")(x_BxTxD)
+      a_BxTxF = act(z_BxTxF)
+      tensors = {"ffn_hidden": a_BxTxF, "ffn_pre": z_BxTxF}
     out = nn.Dense(cfg.d_model, use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
                    kernel_init=nn.initializers.normal(cfg.init_std * self.residual_scale),
                    name="down")(a_BxTxF)
-    return out, a_BxTxF
+    return out, tensors
 
 
 class Block(nn.Module):
@@ -182,10 +186,9 @@ class Block(nn.Module):
       pre = cfg.norm == "pre"
       y_BxTxD, inner = sublayer(norm(name=f"{kind}_norm")(x_BxTxD) if pre else x_BxTxD, mask_BxT)
       y_BxTxD = drop(y_BxTxD)
+      tensors.update(inner)
       if kind == "attn":
-        tensors.update(inner, attn_out=y_BxTxD)
-      else:
-        tensors["ffn_hidden"] = inner
+        tensors["attn_out"] = y_BxTxD
       x_BxTxD = x_BxTxD + y_BxTxD
       if not pre:
         x_BxTxD = norm(name=f"{kind}_post_norm")(x_BxTxD)

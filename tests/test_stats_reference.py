@@ -322,7 +322,7 @@ def test_ffn_activity_with_hand_set_weights_and_padding():
   x[1, 1, 0] = 0.5
   x[1, 3:, 2:] = 5.0  # units 2 and 3 fire only on padding
   x[2] = 5.0  # the all-padding row fires everything
-  a, _ = run_module(module, x, MASK_3x5, params)
+  a = run_module(module, x, MASK_3x5, params)[0]["ffn_hidden"]
   aux = ffn_summaries(a, jnp.asarray(MASK_3x5), 0.0)
   want = ref_ffn_activity(np.maximum(x, 0.0), MASK_3x5, 0.0)
   check_ffn(aux, want)
@@ -335,7 +335,7 @@ def test_ffn_activity_with_hand_set_weights_and_padding():
 def test_ffn_activity_of_a_layer_where_every_unit_is_dead():
   module, params = relu_ffn(4)
   x = -np.abs(np.random.default_rng(2).normal(size=(3, 5, 4))).astype(np.float32)  # relu(x) = 0 everywhere
-  a, _ = run_module(module, x, MASK_3x5, params)
+  a = run_module(module, x, MASK_3x5, params)[0]["ffn_hidden"]
   aux = ffn_summaries(a, jnp.asarray(MASK_3x5), 0.0)
   check_ffn(aux, ref_ffn_activity(np.zeros_like(x), MASK_3x5, 0.0))
   assert float(aux["ffn_active_batch"]) == 0.0 and not np.any(aux["ffn_unit_active"])
@@ -345,7 +345,8 @@ def test_swiglu_activity_against_captured_projections_with_threshold():
   cfg = ModelConfig(d_model=6, d_ff=8, activation="swiglu", active_threshold=0.05, init_std=0.5)
   module = FeedForward(cfg)
   x = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 6))
-  a_captured, inter = run_module(module, x, MASK_3x5, seed=4)
+  captured, inter = run_module(module, x, MASK_3x5, seed=4)
+  a_captured = captured["ffn_hidden"]
   aux = ffn_summaries(a_captured, jnp.asarray(MASK_3x5), cfg.active_threshold)
   gate = np.asarray(inter["gate"]["__call__"][0], np.float64)
   up = np.asarray(inter["up"]["__call__"][0], np.float64)

@@ -93,6 +93,7 @@ class StatsConfig:
   hessian_trace_probes: int = 8  # Rademacher probes of the Hutchinson trace (0: no hessian/trace)
   spike_window: int = 20  # spike/*: a loss is a spike above the median of the previous this-many losses ...
   spike_k: float = 6.0  # ... by more than this many median absolute deviations
+  unit_trace: bool = False  # per-unit arrays [L, F] of every logging step in RUNDIR/unit_trace/ (for lensjax deaths)
 
 
 @dataclasses.dataclass(frozen=True)

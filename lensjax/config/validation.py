@@ -82,6 +82,13 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
          f"train.batch_size={t.batch_size} is not divisible by the {process_count} processes; use a multiple of {process_count}.")
   _check(t.batch_size % device_count == 0,
          f"train.batch_size={t.batch_size} is not divisible by the {device_count} devices; use a multiple of {device_count}.")
+  _validate_probes(config, device_count)
+  if config.stats.unit_trace:
+    _check(m.block != "attention_only", "stats.unit_trace traces FFN units, but model.block=attention_only has none; "
+           "pass --config.stats.unit_trace=false.")
+    _check(m.activation != "swiglu", "stats.unit_trace traces one pre-activation per FFN unit, but "
+           "model.activation=swiglu gives each unit two (gate and up); train with model.activation=relu or gelu, "
+           "or pass --config.stats.unit_trace=false.")
   _check(device_count % config.parallel.fsdp == 0,
          f"parallel.fsdp={config.parallel.fsdp} does not divide the {device_count} devices; use a divisor of {device_count}.")
   if m.attention == "cudnn":
@@ -103,6 +110,22 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
     _check(os.path.isfile(d.path) or (d.source == "tokens" and os.path.isdir(d.path)),
            f"data file {d.path!r} (data.path) does not exist; pass an existing file"
            + (" or prepared directory." if d.source == "tokens" else "."))
+
+
+def _validate_probes(config: Config, device_count: int) -> None:
+  """The probes hold exactly stats.probe_tokens tokens: whole sequences, as many on every device."""
+  tokens, seq_len = config.stats.probe_tokens, config.data.seq_len
+  if tokens <= 0 or seq_len <= 0:
+    return  # no probes, or named by the sign checks
+  round_up = lambda multiple: -(-tokens // multiple) * multiple
+  _check(tokens % seq_len == 0,
+         f"stats.probe_tokens={tokens} is not a whole number of data.seq_len={seq_len} sequences; use a multiple "
+         f"of {seq_len}, e.g. {round_up(seq_len)}.")
+  rows = tokens // seq_len
+  _check(rows % device_count == 0,
+         f"stats.probe_tokens={tokens} makes {rows} sequences of data.seq_len={seq_len}, which do not split over "
+         f"the {device_count} devices; use a multiple of {device_count * seq_len} tokens, e.g. "
+         f"{round_up(device_count * seq_len)}.")
 
 
 def _validate_ensemble(config: Config) -> None:

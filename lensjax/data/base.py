@@ -8,6 +8,13 @@ step without data-loader state, and comparable across machine sizes.
 Randomness always comes from `np.random.default_rng([seed, stream_id, ...])`
 (a SeedSequence over an entropy list), never from global state; each purpose
 has its own stream id so that streams never overlap.
+
+The fixed probes (`stats.probe_tokens`) are the exception to "a function of
+the seed": each split's probe is chosen by `PROBE_SEED` and its own stream, or
+by evenly spaced positions, so that it is the same sequences whatever
+`train.seed` and `data.order_seed` are (every member of an ensemble, every
+model size); a source whose content follows `data.seed` (a controlled
+target) fills the same draws from its own law.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ SPLITS = ("train", "heldout")
 # sample would replay the training sample. Sources may add their own from 100.
 STREAM_TRAIN = 0
 STREAM_HELDOUT = 1
+STREAM_PROBE = 2
+
+# The seed of the probes' stream, the same for every run.
+PROBE_SEED = 0
 
 
 @runtime_checkable
@@ -49,6 +60,13 @@ class Source(Protocol):
             process_count: int = 1) -> dict[str, np.ndarray]:
     ...
 
+  def probe(self, batch_size: int, *, split: str = "train",
+            process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """This process's rows of the split's fixed probe of `batch_size`
+    sequences, laid out as `batch`'s; independent of the order seed."""
+    ...
+
 
 def split_stream_id(split: str) -> int:
   """The random stream of a split; unknown names are a programming error."""
@@ -62,6 +80,17 @@ def split_stream_id(split: str) -> int:
 def make_rng(seed: int, stream_id: int, *keys: int) -> np.random.Generator:
   """A generator that depends only on (seed, stream_id, *keys)."""
   return np.random.default_rng([int(seed), int(stream_id), *map(int, keys)])
+
+
+def probe_rng(split: str) -> np.random.Generator:
+  """The generator of a split's fixed probe: it depends on the split alone."""
+  return make_rng(PROBE_SEED, STREAM_PROBE, split_stream_id(split))
+
+
+def evenly_spaced(count: int, num_positions: int) -> np.ndarray:
+  """int64 [count]: `count` positions of range(num_positions) spread evenly from 0 (repeating positions
+  only when count > num_positions)."""
+  return np.arange(count, dtype=np.int64) * int(num_positions) // int(count)
 
 
 def process_rows(batch_size: int, process_index: int,

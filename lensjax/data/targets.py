@@ -223,11 +223,30 @@ class MarkovTarget:
     if split == "train" and self.num_sequences is not None:
       tokens_BxTp1 = self._finite_set_rows(step, batch_size, rows)
     else:
-      # Draw the whole global batch (cheap) so every process count sees the
-      # same rows, then simulate only this process's share.
-      rng = base.make_rng(self.order_seed, stream_id, step)
-      uniforms_BxTp1 = rng.random((batch_size, self.seq_len + 1))
-      tokens_BxTp1 = self.sample(uniforms_BxTp1[rows])
+      tokens_BxTp1 = self._drawn_rows(base.make_rng(self.order_seed, stream_id, step), batch_size, rows)
+    return self._with_conditionals(tokens_BxTp1)
+
+  def probe(self, batch_size: int, *, split: str = "train",
+            process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """This process's rows of the split's fixed probe; see `base.Source`.
+
+    From a finite training set: the sequences at evenly spaced indices of the set (which follows `seed`, the
+    target's seed); otherwise fresh draws of this chain from the probe's own stream.
+    """
+    rows = base.process_rows(batch_size, process_index, process_count)
+    if split == "train" and self.num_sequences is not None:
+      indices_B = base.evenly_spaced(batch_size, self.num_sequences)[rows]
+      return self._with_conditionals(self.training_set()[indices_B])
+    return self._with_conditionals(self._drawn_rows(base.probe_rng(split), batch_size, rows))
+
+  def _drawn_rows(self, rng: np.random.Generator, batch_size: int, rows: slice) -> np.ndarray:
+    # Draw the whole global batch (cheap) so every process count sees the
+    # same rows, then simulate only this process's share.
+    uniforms_BxTp1 = rng.random((batch_size, self.seq_len + 1))
+    return self.sample(uniforms_BxTp1[rows])
+
+  def _with_conditionals(self, tokens_BxTp1: np.ndarray) -> dict[str, np.ndarray]:
     batch = base.next_token_batch(tokens_BxTp1)
     batch["target_probs"] = self.token_conditionals(batch["inputs"])
     return batch

@@ -80,7 +80,16 @@ class TeacherTarget:
   def batch(self, step: int, batch_size: int, *, split: str = "train", process_index: int = 0,
             process_count: int = 1) -> dict[str, np.ndarray]:
     rows = base.process_rows(batch_size, process_index, process_count)
-    rng = base.make_rng(self.order_seed, base.split_stream_id(split), base.check_step(step))
+    return self._drawn(base.make_rng(self.order_seed, base.split_stream_id(split), base.check_step(step)),
+                       batch_size, rows)
+
+  def probe(self, batch_size: int, *, split: str = "train", process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """This process's rows of the split's fixed probe (the teacher's draws from the probe's own stream)."""
+    rows = base.process_rows(batch_size, process_index, process_count)
+    return self._drawn(base.probe_rng(split), batch_size, rows)
+
+  def _drawn(self, rng: np.random.Generator, batch_size: int, rows: slice) -> dict[str, np.ndarray]:
     first_B = rng.integers(0, self.vocab_size, size=batch_size)
     key = jax.random.PRNGKey(int(rng.integers(2**31)))
     tokens_BxTp1, probs_BxTxV = sample_teacher(self.params, key, jnp.asarray(first_B, jnp.int32), self.temperature,

@@ -159,6 +159,12 @@ class _TokenWindows:
     rng = base.make_rng(self.seed, stream_id, step)
     return start + rng.integers(0, num_starts, size=batch_size, dtype=np.int64)
 
+  def probe_starts(self, batch_size: int, split: str) -> np.ndarray:
+    """int64 [batch_size]: the fixed probe's windows, spread evenly over the split's region."""
+    base.split_stream_id(split)
+    start, stop = self.regions[split]
+    return start + base.evenly_spaced(batch_size, stop - start - self.seq_len)
+
   def batch(self, step: int, batch_size: int, *, split: str = "train",
             process_index: int = 0,
             process_count: int = 1) -> dict[str, np.ndarray]:
@@ -166,7 +172,16 @@ class _TokenWindows:
     base.split_stream_id(split)
     step = base.check_step(step)
     rows = base.process_rows(batch_size, process_index, process_count)
-    starts_B = self.window_starts(step, batch_size, split)[rows]
+    return self._windows(self.window_starts(step, batch_size, split)[rows], split)
+
+  def probe(self, batch_size: int, *, split: str = "train",
+            process_index: int = 0,
+            process_count: int = 1) -> dict[str, np.ndarray]:
+    """This process's rows of the split's fixed probe; see `base.Source`."""
+    rows = base.process_rows(batch_size, process_index, process_count)
+    return self._windows(self.probe_starts(batch_size, split)[rows], split)
+
+  def _windows(self, starts_B: np.ndarray, split: str) -> dict[str, np.ndarray]:
     tokens_BxTp1 = np.asarray(
         self._arrays[split][starts_B[:, None] + np.arange(self.seq_len + 1)])
     if self._checks_each_window and tokens_BxTp1.max() >= self.vocab_size:

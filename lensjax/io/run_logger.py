@@ -20,6 +20,7 @@ from lensjax import perf
 from lensjax.io.metrics_log import MetricsLog, read_metrics
 from lensjax.io.names import flatten_metrics
 from lensjax.io.progress import Progress
+from lensjax.io.step_arrays import write_step_arrays
 from lensjax.io.tensorboard import SummaryWriter
 from lensjax.stats import lens as lens_lib
 
@@ -40,11 +41,12 @@ def layer_history(records: list[dict], name: str, num_layers: int) -> list[np.nd
 
 
 class _Sink:
-  """The HostSink the lenses' host halves write to: TensorBoard images and histograms, event logs."""
+  """The HostSink the lenses' host halves write to: TensorBoard images and histograms, event logs, per-step
+  array files."""
 
   def __init__(self, workdir: str, writer: SummaryWriter, train_records: list[dict], num_layers: int,
                event_logs: Sequence[str]):
-    self.writer, self.num_layers = writer, num_layers
+    self.workdir, self.writer, self.num_layers = workdir, writer, num_layers
     self._train_records, self._history = train_records, {}
     self._logs = {log: MetricsLog(os.path.join(workdir, f"{log}.jsonl")) for log in event_logs}
 
@@ -66,6 +68,9 @@ class _Sink:
 
   def event(self, log, step, record):
     self._logs[log].write(step, record)
+
+  def arrays(self, step, name, arrays):
+    write_step_arrays(os.path.join(self.workdir, name), step, arrays)
 
   def close(self):
     for log in self._logs.values():

@@ -4,8 +4,8 @@ A lens declares what it needs from the step (`needs`: names of the model's
 CAPTURES, and TOKEN_ENTROPY for the loss's per-token entropies), owns a slice
 of `TrainState.lens_state` (`init`), maps `(its state, StepView)` to
 `(new state, metrics)` inside the jitted step (`update`), and writes what only
-the host can (`write`: histograms, heat maps, event logs) from the fetched
-record of a logging step.
+the host can (`write`: histograms, heat maps, event logs, per-step array
+files) from the fetched record of a logging step.
 
 The plain step runs the `every_step` lenses; the logging step, the held-out
 evaluation and the probe run all of theirs (`view.logging` is True there).
@@ -48,6 +48,9 @@ class HostSink(Protocol):
 
   def event(self, log: str, step: int, record: dict) -> None: ...
 
+  def arrays(self, step: int, name: str, arrays: dict) -> None:
+    """Writes one step's named arrays (float32) to RUNDIR/<name>/step_{step:08d}.npz, replacing that step's file."""
+
 
 class Lens:
   """A statistic of the train step. Subclasses set `name` and override what they use."""
@@ -57,6 +60,7 @@ class Lens:
   needs: frozenset[str] = frozenset()
   resume_keys: tuple[str, ...] = ()  # config keys that fix the shape or meaning of its state
   event_logs: tuple[str, ...] = ()  # WORKDIR/<name>.jsonl files its host half writes events to
+  array_dirs: tuple[str, ...] = ()  # WORKDIR/<name>/ folders of per-step .npz files its host half writes
 
   def init(self, params) -> Any:
     """Its slice of the train state (a pytree of arrays), or None when it keeps none."""
@@ -112,6 +116,10 @@ def run(lenses: Sequence[Lens], states: dict, view: StepView) -> tuple[dict, dic
 
 def event_logs(lenses: Sequence[Lens]) -> tuple[str, ...]:
   return tuple(sorted({log for lens in lenses for log in lens.event_logs}))
+
+
+def array_dirs(lenses: Sequence[Lens]) -> tuple[str, ...]:
+  return tuple(sorted({name for lens in lenses for name in lens.array_dirs}))
 
 
 def resume_keys(lenses: Sequence[Lens]) -> tuple[str, ...]:

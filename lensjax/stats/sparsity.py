@@ -21,6 +21,11 @@ def active_BxTxF(a_BxTxF, mask_BxT, threshold: float) -> jax.Array:
   return (a_BxTxF > threshold) & (mask_BxT[:, :, None] > 0)
 
 
+def firing_frequency(active_BxTxF, mask_BxT) -> jax.Array:
+  """float32 [F]: the fraction of the batch's real tokens on which each unit fires (0 without real tokens)."""
+  return jnp.sum(active_BxTxF.astype(F32), axis=(0, 1)) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
+
+
 def unit_active(a_BxTxF, mask_BxT, threshold: float) -> jax.Array:
   """bool [F]: whether each unit fired on at least one real token of the batch."""
   return jnp.any(jnp.any(active_BxTxF(a_BxTxF, mask_BxT, threshold), axis=1), axis=0)
@@ -32,11 +37,10 @@ def activity(a_BxTxF, mask_BxT, threshold: float) -> dict:
   active_in_seq_BxF = jnp.any(active, axis=1)
   unit_active_F = jnp.any(active_in_seq_BxF, axis=0)
   real_seq_B = jnp.any(mask_BxT > 0, axis=1)
-  fired_F = jnp.sum(active.astype(F32), axis=(0, 1))
   return {"token": masked_mean(jnp.mean(active.astype(F32), axis=-1), mask_BxT),
           "seq": masked_mean(jnp.mean(active_in_seq_BxF.astype(F32), axis=-1), real_seq_B),
           "batch": jnp.mean(unit_active_F.astype(F32)),
-          "frequency": fired_F / jnp.maximum(jnp.sum(mask_BxT), 1.0)}
+          "frequency": firing_frequency(active, mask_BxT)}
 
 
 class ActivityLens(Lens):

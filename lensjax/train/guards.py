@@ -12,8 +12,9 @@ from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
 from lensjax.io.metrics_log import truncate_after
+from lensjax.io.step_arrays import drop_step_arrays_after
 from lensjax.signals import SigtermFlag
-from lensjax.stats.lens import event_logs
+from lensjax.stats.lens import array_dirs, event_logs
 
 
 def log(message: str) -> None:
@@ -70,6 +71,8 @@ def prepare_run_dirs(run, run_dirs: list[str], start_step: int, restored: bool, 
     dropped = truncate_after(os.path.join(run_dir, "metrics.jsonl"), start_step - 1)
     for event_log in event_logs(run.lenses):
       truncate_after(os.path.join(run_dir, f"{event_log}.jsonl"), start_step - 1)
+    for name in array_dirs(run.lenses):
+      drop_step_arrays_after(os.path.join(run_dir, name), start_step - 1)
     if i == 0 and restored:  # said once: every member of an ensemble resumes from the same step
       log(f"resuming from the checkpoint at step {start_step} in {checkpoint_dir}"
            + (f" (dropped {dropped} metric records logged after it)" if dropped else ""))

@@ -27,12 +27,13 @@ from lensjax.io.run_logger import EnsembleLogger, RunLogger
 from lensjax.model import has_ffn
 from lensjax.stats import lenses as lens_lib
 from lensjax.stats.lens import Lens, resume_keys, stateful_names
+from lensjax.stats.persistence import probe_persistence
 from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
 from lensjax.train.guards import Preemption, first_bad_steps, halt_message, log, prepare_run_dirs, skipped_steps
 from lensjax.train.ensemble import EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of, write_ensemble_file
 from lensjax.train.state import MIGRATE, create_state
-from lensjax.train.step import eval_step, jit_train_step, model_for
+from lensjax.train.step import eval_step, jit_train_step, model_for, probe_step
 
 
 def platform() -> str:
@@ -59,7 +60,7 @@ class Run:
   logging_step: object
   eval_fn: object
   overlap_fn: object | None  # None without FFN
-  probe_fn: object
+  probe_fn: object  # (params, training probe, held-out probe) -> probe_train/, probe/ and persist/ metrics
   schedule: object
   lenses: tuple[Lens, ...]  # train, eval and probe lenses: their host halves write the fetched records
 
@@ -88,7 +89,7 @@ def build(config: config_lib.Config, mesh=None, members: Sequence[config_lib.Con
   ensemble = config.train.members > 1
   sources = [make_source(member) for member in members]
   train_lenses, eval_lenses = lens_lib.train_lenses(config), lens_lib.eval_lenses(config)
-  probe_lenses = lens_lib.probe_lenses(config)
+  probe_lenses, probe_train_lenses = lens_lib.probe_lenses(config), lens_lib.probe_lenses(config, "probe_train/")
   every_step = tuple(lens for lens in train_lenses if lens.every_step)
   model_plain, model_logging = model_for(config.model, every_step), model_for(config.model, train_lenses)
   tx, schedule = optim.make_optimizer(members[0].optim, config.train.steps)
@@ -113,13 +114,18 @@ def build(config: config_lib.Config, mesh=None, members: Sequence[config_lib.Con
   evaluation = lambda lenses, name: jax.jit(
       per_member(functools.partial(eval_step, model=model_for(config.model, lenses), lenses=lenses, loss_name=name)),
       in_shardings=(state_sharding.params, batch_sharding), out_shardings=replicated)
-  overlap_fn = None
+  overlap_fn, persistence = None, None
   if has_ffn(config.model):
     overlap_fn = jax.jit(per_member(functools.partial(heldout_overlap, model=model_for(config.model, every_step))),
                          out_shardings=replicated)
+    persistence = functools.partial(probe_persistence, threshold=config.model.active_threshold)
+  probe_fn = jax.jit(per_member(functools.partial(
+      probe_step, model=model_for(config.model, probe_lenses), train_lenses=probe_train_lenses,
+      heldout_lenses=probe_lenses, compare=persistence)),
+      in_shardings=(state_sharding.params, batch_sharding, batch_sharding), out_shardings=replicated)
   return Run(config, members, sources, mesh, state, compiled_step(model_plain, every_step, False),
              compiled_step(model_logging, train_lenses, True), evaluation(eval_lenses, "eval/loss"), overlap_fn,
-             evaluation(probe_lenses, "probe/loss"), schedule, train_lenses + eval_lenses + probe_lenses)
+             probe_fn, schedule, train_lenses + eval_lenses + probe_lenses + probe_train_lenses)
 
 
 def member_run(run: Run, i: int) -> Run:
@@ -154,8 +160,14 @@ def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
 def device_batch(run: Run, step: int, split: str = "train", rows: int | None = None):
   """Batch `step` of `split` (`rows` rows, default train.batch_size), this process's rows, placed on the mesh;
   in an ensemble each member's batch from its own source, stacked [N, B, ...]."""
-  local = [source.batch(step, rows or run.config.train.batch_size, split=split, process_index=jax.process_index(),
-                        process_count=jax.process_count()) for source in run.sources]
+  return _placed(run, lambda source: source.batch(step, rows or run.config.train.batch_size, split=split,
+                                                  process_index=jax.process_index(),
+                                                  process_count=jax.process_count()))
+
+
+def _placed(run: Run, read: Callable):
+  """`read(source)` (this process's rows) of every member's source, placed on the mesh as `device_batch`'s."""
+  local = [read(source) for source in run.sources]
   if not run.ensemble:
     return parallel.shard_batch(local[0], run.mesh)
   return parallel.shard_member_batch({key: np.stack([batch[key] for batch in local]) for key in local[0]}, run.mesh)
@@ -176,21 +188,20 @@ def evaluate(run: Run, state, train_batch) -> dict:
   return scalars
 
 
-# The probe batch is held-out batch number PROBE_INDEX, far from the evaluation batches 0, 1, ...
-PROBE_INDEX = 1_000_003
+def probe_batches(run: Run):
+  """`(training probe, held-out probe)` on the mesh, or None when `stats.probe_tokens` is 0.
 
-
-def probe_batch(run: Run):
-  """A fixed held-out batch of about `stats.probe_tokens` tokens, or None.
-
-  Its rows are rounded up to a multiple of the device count, so that it shards.
+  Each holds exactly stats.probe_tokens tokens, probe_tokens / data.seq_len whole sequences (validation
+  refuses other sizes), chosen by the sources' `probe` independently of train.seed and data.order_seed: the
+  same sequences at every evaluation, for every member of an ensemble and every model.
   """
   tokens = run.config.stats.probe_tokens
   if not tokens:
     return None
-  multiple = jax.device_count()
-  rows = -(-max(tokens // run.config.data.seq_len, 1) // multiple) * multiple
-  return device_batch(run, PROBE_INDEX, split="heldout", rows=rows)
+  rows = tokens // run.config.data.seq_len
+  return tuple(_placed(run, lambda source, split=split: source.probe(
+      rows, split=split, process_index=jax.process_index(), process_count=jax.process_count()))
+               for split in ("train", "heldout"))
 
 
 def compile_steps(run: Run, state):
@@ -266,7 +277,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
                "it; the other members go on")
 
   saved_step = start_step
-  probe = probe_batch(run)
+  probes = probe_batches(run)
   periodic = periodic_analyses_of(run, periodic)
   if start_step < total:
     plain_step, logging_step = compile_steps(run, state)
@@ -283,8 +294,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
       check_finite(logger.flush())  # the previous records, now that this step is queued
       if is_log:
         logger.add(step, metrics)
-        if probe is not None:
-          logger.add(step, run.probe_fn(state.params, probe))
+        if probes is not None:
+          logger.add(step, run.probe_fn(state.params, *probes))
       if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
         logger.add(step, evaluate(run, state, batch))
       for every, analysis in periodic:

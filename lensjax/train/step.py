@@ -77,13 +77,29 @@ def train_step(state, batch, *, model, tx, schedule, lenses: Sequence[Lens] = ()
                        skipped_steps=skipped, first_bad_step=first_bad), metrics
 
 
-def eval_step(params, batch, *, model, lenses: Sequence[Lens] = (), loss_name: str = "eval/loss"):
-  """Held-out loss (and held-out lenses) for one batch, without an update."""
+def evaluated(params, batch, model, lenses: Sequence[Lens], loss_name: str) -> tuple[dict, dict]:
+  """`(metrics, captured)`: one batch's loss and lenses without an update, and what the model captured."""
   with_entropy = TOKEN_ENTROPY in lens_lib.needs_of(lenses)
   loss, (tokens, captured) = loss_and_outputs(params, batch, model, jax.random.PRNGKey(0), with_entropy)
   view = StepView(batch, tokens, captured, loss, params, params, None, None, None, jnp.zeros((), jnp.int32), True)
   _, metrics = lens_lib.run(lenses, {}, view)
-  return {loss_name: loss, **metrics}
+  return {loss_name: loss, **metrics}, captured
+
+
+def eval_step(params, batch, *, model, lenses: Sequence[Lens] = (), loss_name: str = "eval/loss"):
+  """Held-out loss (and held-out lenses) for one batch, without an update."""
+  return evaluated(params, batch, model, lenses, loss_name)[0]
+
+
+def probe_step(params, train_probe, heldout_probe, *, model, train_lenses: Sequence[Lens],
+               heldout_lenses: Sequence[Lens], compare=None):
+  """Both fixed probes without an update: each one's loss and lenses (`probe_train/`, `probe/`), and
+  `compare(train_probe, its captures, heldout_probe, its captures)`, statistics of the pair, from the same
+  forward passes."""
+  train_metrics, train_captured = evaluated(params, train_probe, model, train_lenses, "probe_train/loss")
+  heldout_metrics, heldout_captured = evaluated(params, heldout_probe, model, heldout_lenses, "probe/loss")
+  pair = compare(train_probe, train_captured, heldout_probe, heldout_captured) if compare else {}
+  return {**train_metrics, **heldout_metrics, **pair}
 
 
 def jit_train_step(state_sharding, batch_sharding, replicated, **parts):

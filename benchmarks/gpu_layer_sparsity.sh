@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On a GPU machine: the layer-sparsity experiment of docs/results/layer_sparsity.md. For each FFN width,
+# one ensemble of three seeds (configs/layer_sparsity.py), then `lensjax deaths` on every member.
+# Each width lands in OUTDIR as one archive, layer_sparsity_dff<F>.tar.xz, holding per member
+# (member_<i>/): config.json, metrics.jsonl, neuron_events.jsonl, deaths.json, deaths_extract.npz and the
+# last step's unit trace; the train and deaths logs are beside it (train_dff<F>.log).
+# Usage: bash benchmarks/gpu_layer_sparsity.sh OUTDIR [D_FF ...]   (default widths: 2048 8192 32768)
+#   env: EXTRA (more --config.KEY=VALUE for every run), PYTHON (python3), RUNS (/tmp/layer_sparsity_runs)
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu_layer_sparsity.sh OUTDIR [D_FF ...]}
+shift
+widths=${*:-2048 8192 32768}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+runs=${RUNS:-/tmp/layer_sparsity_runs}
+extra=${EXTRA:-}
+mkdir -p "$out" "$runs"
+start=$SECONDS
+say() { echo "[$((SECONDS - start)) s] $*" | tee -a "$out/layer_sparsity_log.txt"; }
+say "widths $widths; $("$py" -c 'import jax; print(jax.__version__, jax.devices())' 2>&1 | tail -1)"
+for width in $widths; do
+  run="$runs/dff$width"
+  rm -rf "$run"
+  t0=$SECONDS
+  # shellcheck disable=SC2086
+  "$py" -m lensjax train --config configs/layer_sparsity.py --workdir "$run" --config.model.d_ff="$width" \
+    --config.logging.progress=lines $extra 2>&1 | grep -v "^WARNING\|^I1\|^W1\|^E1" | tee "$out/train_dff$width.log"
+  say "d_ff $width: train exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+  for member in "$run"/member_*; do
+    "$py" -m lensjax deaths --workdir "$member" --json "$member/deaths.json" --extract "$member/deaths_extract.npz" \
+      >> "$out/deaths_dff$width.log" 2>&1
+    say "d_ff $width: deaths $(basename "$member") exit $?"
+    last=$(ls "$member/unit_trace" 2>/dev/null | tail -1)
+    if [ -n "$last" ]; then cp "$member/unit_trace/$last" "$member/unit_trace_last.npz"; fi
+  done
+  (cd "$run" && tar cJf "$out/layer_sparsity_dff$width.tar.xz" \
+    member_*/config.json member_*/metrics.jsonl member_*/neuron_events.jsonl member_*/deaths.json \
+    member_*/deaths_extract.npz member_*/unit_trace_last.npz ensemble.json 2>/dev/null)
+  say "d_ff $width: packed $(du -h "$out/layer_sparsity_dff$width.tar.xz" | cut -f1)"
+done
