@@ -24,7 +24,7 @@ for width in $widths; do
   t0=$SECONDS
   # shellcheck disable=SC2086
   "$py" -m lensjax train --config configs/layer_sparsity.py --workdir "$run" --config.model.d_ff="$width" \
-    --config.logging.progress=lines $extra 2>&1 | grep -v "^WARNING\|^I1\|^W1\|^E1" | tee "$out/train_dff$width.log"
+    --config.logging.progress=lines $extra 2>&1 | grep --line-buffered -v "^WARNING\|^I1\|^W1\|^E1" | tee "$out/train_dff$width.log"
   say "d_ff $width: train exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
   for member in "$run"/member_*; do
     "$py" -m lensjax deaths --workdir "$member" --json "$member/deaths.json" --extract "$member/deaths_extract.npz" \
