@@ -2,10 +2,12 @@
 
 Usage:
   python3 benchmarks/layer_sparsity_figures.py RAW_DIR OUT_DIR
+  python3 benchmarks/layer_sparsity_figures.py --unpack ARCHIVE... RAW_DIR
   python3 benchmarks/layer_sparsity_figures.py --pilot RUN_DIR
 
-RAW_DIR holds `layer_sparsity_dff<F>.tar.xz` archives (`benchmarks/gpu_layer_sparsity.sh`), each with
-member_<i>/{config.json, metrics.jsonl, neuron_events.jsonl, deaths.json, unit_trace_last.npz} of one width.
+RAW_DIR holds dff<F>/member_<i>/ folders of config.json, metrics.jsonl.xz, neuron_events.jsonl.xz,
+deaths.json.xz, deaths_extract.npz and unit_trace_last.npz; `--unpack` makes them from the archives
+`benchmarks/gpu_layer_sparsity.sh` writes (layer_sparsity_dff<F>.tar.xz, or one per member).
 OUT_DIR receives summary.md (every number of the page's tables), claims.json (the same, machine-readable)
 and the figures. "End of training" is the mean of a member's last END_POINTS logged values; intervals are
 95% t intervals across the members (seeds), lensjax.report.intervals.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import os
 import re
 import sys
@@ -40,39 +43,65 @@ DEATH_FEATURES = ("pre_mean_slope", "frequency_slope", "update_ratio")
 # Loading.
 
 
-def load_archive(path: str) -> dict:
-  """{member index: {"config", "metrics" (list of records), "events", "deaths", "trace"}} of one width."""
-  members: dict[int, dict] = {}
-  with tarfile.open(path) as archive:
-    for entry in archive.getmembers():
-      match = re.match(r"member_(\d+)/(.+)$", entry.name)
-      if not match or not entry.isfile():
-        continue
-      member, name = int(match.group(1)), match.group(2)
-      data = archive.extractfile(entry).read()
-      slot = members.setdefault(member, {})
-      if name == "config.json":
-        slot["config"] = json.loads(data)
-      elif name == "metrics.jsonl":
-        slot["metrics"] = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-      elif name == "neuron_events.jsonl":
-        slot["events"] = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-      elif name == "deaths.json":
-        slot["deaths"] = json.loads(data)
-      elif name == "unit_trace_last.npz":
-        slot["trace"] = dict(np.load(io.BytesIO(data)))
-  return dict(sorted(members.items()))
+RAW_FILES = ("config.json", "metrics.jsonl", "neuron_events.jsonl", "deaths.json", "deaths_extract.npz",
+             "unit_trace_last.npz")
+COMPRESSED = ("metrics.jsonl", "neuron_events.jsonl", "deaths.json")  # kept as NAME.xz in RAW_DIR
+
+
+def parse_member_file(name: str, data: bytes, slot: dict) -> None:
+  if name == "config.json":
+    slot["config"] = json.loads(data)
+  elif name == "metrics.jsonl":
+    slot["metrics"] = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+  elif name == "neuron_events.jsonl":
+    slot["events"] = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+  elif name == "deaths.json":
+    slot["deaths"] = json.loads(data)
+  elif name == "unit_trace_last.npz":
+    slot["trace"] = dict(np.load(io.BytesIO(data)))
 
 
 def load_widths(raw_dir: str) -> dict[int, dict]:
-  widths = {}
-  for name in sorted(os.listdir(raw_dir)):
-    match = re.match(r"layer_sparsity_dff(\d+)\.tar\.xz$", name)
-    if match:
-      widths[int(match.group(1))] = load_archive(os.path.join(raw_dir, name))
+  """{d_ff: {member: {"config", "metrics", "events", "deaths", "trace"}}} from RAW_DIR/dff<F>/member_<i>/."""
+  widths: dict[int, dict] = {}
+  for width_dir in sorted(os.listdir(raw_dir)):
+    match = re.match(r"dff(\d+)$", width_dir)
+    if not match:
+      continue
+    members = widths.setdefault(int(match.group(1)), {})
+    for member_dir in sorted(os.listdir(os.path.join(raw_dir, width_dir))):
+      member_match = re.match(r"member_(\d+)$", member_dir)
+      if not member_match:
+        continue
+      slot = members.setdefault(int(member_match.group(1)), {})
+      folder = os.path.join(raw_dir, width_dir, member_dir)
+      for name in os.listdir(folder):
+        data = open(os.path.join(folder, name), "rb").read()
+        if name.endswith(".xz"):
+          name, data = name[:-3], lzma.decompress(data)
+        parse_member_file(name, data, slot)
   if not widths:
-    raise SystemExit(f"no layer_sparsity_dff<F>.tar.xz archive in {raw_dir}; run benchmarks/gpu_layer_sparsity.sh")
-  return dict(sorted(widths.items()))
+    raise SystemExit(f"no dff<F>/member_<i>/ folders in {raw_dir}; unpack the GPU archives with --unpack")
+  return {width: dict(sorted(members.items())) for width, members in sorted(widths.items())}
+
+
+def unpack(archives: list[str], raw_dir: str) -> int:
+  """The GPU script's archives (one per width, or one per member) into RAW_DIR/dff<F>/member_<i>/."""
+  for path in archives:
+    width = int(re.search(r"dff(\d+)", os.path.basename(path)).group(1))
+    with tarfile.open(path) as archive:
+      for entry in archive.getmembers():
+        match = re.match(r"member_(\d+)/(.+)$", entry.name)
+        if not match or not entry.isfile() or match.group(2) not in RAW_FILES:
+          continue
+        folder = os.path.join(raw_dir, f"dff{width}", f"member_{match.group(1)}")
+        os.makedirs(folder, exist_ok=True)
+        data, name = archive.extractfile(entry).read(), match.group(2)
+        if name in COMPRESSED:
+          data, name = lzma.compress(data, preset=9), name + ".xz"
+        with open(os.path.join(folder, name), "wb") as f:
+          f.write(data)
+  return 0
 
 
 def num_layers(member: dict) -> int:
@@ -162,7 +191,7 @@ def loss_table(widths: dict) -> tuple[str, dict]:
     train, heldout, best = [], [], []
     for member in members.values():
       records = member["metrics"]
-      train.append(np.mean([r["loss"] for r in records if "loss" in r][-END_POINTS:]))
+      train.append(np.mean([r["train/loss"] for r in records if "train/loss" in r][-END_POINTS:]))
       evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
       heldout.append(evals[-1][1])
       best.append(min(evals, key=lambda e: e[1]))
@@ -268,7 +297,7 @@ def plot_unit_frequency(widths: dict, path: str) -> None:
       ax.step(edges[:-1], counts / values.size, where="post", color=colour, linestyle=style, label=f"layer {l}")
     ax.set_xscale("log")
     ax.set_title(f"d_ff {width:,}")
-    ax.set_xlabel("firing frequency (fraction of the batch's tokens; ≤ 3e-5 includes never)")
+    ax.set_xlabel("firing frequency (leftmost bin: never fired)")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("fraction of units")
   axes[0][-1].legend(fontsize=8)
@@ -317,6 +346,8 @@ def pilot(run_dir: str) -> int:
 def main(argv: list[str]) -> int:
   if len(argv) == 2 and argv[0] == "--pilot":
     return pilot(argv[1])
+  if len(argv) >= 3 and argv[0] == "--unpack":
+    return unpack(argv[1:-1], argv[-1])
   if len(argv) != 2:
     print(__doc__, file=sys.stderr)
     return 2
@@ -336,15 +367,15 @@ def main(argv: list[str]) -> int:
     f.write("\n".join(sections))
   with open(os.path.join(out, "claims.json"), "w") as f:
     json.dump(claims, f, indent=1, default=float)
-  plot_over_training(widths, "ffn/active_token", "units active per token", f"{out}/active_token.png")
-  plot_over_training(widths, "probe/ffn/active_seq", "units used per held-out sequence",
+  plot_over_training(widths, "ffn/active_token", "fraction of units active per token", f"{out}/active_token.png")
+  plot_over_training(widths, "probe/ffn/active_seq", "fraction used per held-out sequence",
                      f"{out}/active_seq.png", ylim=(0.0, 1.02))
-  plot_over_training(widths, "probe/ffn/active_batch", "units used in 8,192 held-out tokens",
+  plot_over_training(widths, "probe/ffn/active_batch", "fraction used in 8,192 held-out tokens",
                      f"{out}/active_batch.png", ylim=(0.0, 1.02))
   plot_over_training(widths, "ffn/dead", "fraction of units dead", f"{out}/dead.png")
   plot_over_training(widths, "persist/seq_lift", "sequence overlap above chance (lift)", f"{out}/persistence.png",
                      ylim=(None, None))
-  plot_end_by_layer(widths, QUANTILE_COLUMNS[:4], "units active per held-out token",
+  plot_end_by_layer(widths, QUANTILE_COLUMNS[:4], "fraction active per held-out token",
                     f"{out}/token_quantiles.png")
   plot_unit_frequency(widths, f"{out}/unit_frequency.png")
   plot_death_nulls(widths, f"{out}/death_nulls.png")
