@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On a GPU machine: the layer-sparsity experiment of docs/results/layer_sparsity.md. For each FFN width,
 # one ensemble of three seeds (configs/layer_sparsity.py), then `lensjax deaths` on every member.
-# Each width lands in OUTDIR as one archive, layer_sparsity_dff<F>.tar.xz, holding per member
-# (member_<i>/): config.json, metrics.jsonl, neuron_events.jsonl, deaths.json, deaths_extract.npz and the
-# last step's unit trace; the train and deaths logs are beside it (train_dff<F>.log).
+# Each member lands in OUTDIR as one archive, layer_sparsity_dff<F>_member_<i>.tar.xz, holding member_<i>/
+# config.json, metrics.jsonl, neuron_events.jsonl, deaths.json, deaths_extract.npz and the last step's unit
+# trace; the train and deaths logs are beside them (train_dff<F>.log, deaths_dff<F>.log). Unpack them into the
+# page's raw folders with `python3 benchmarks/layer_sparsity_figures.py --unpack ARCHIVE... RAW_DIR`.
 # Usage: bash benchmarks/gpu_layer_sparsity.sh OUTDIR [D_FF ...]   (default widths: 2048 8192 32768)
 #   env: EXTRA (more --config.KEY=VALUE for every run), PYTHON (python3), RUNS (/tmp/layer_sparsity_runs)
 set -uo pipefail
@@ -33,8 +34,12 @@ for width in $widths; do
     last=$(ls "$member/unit_trace" 2>/dev/null | tail -1)
     if [ -n "$last" ]; then cp "$member/unit_trace/$last" "$member/unit_trace_last.npz"; fi
   done
-  (cd "$run" && tar cJf "$out/layer_sparsity_dff$width.tar.xz" \
-    member_*/config.json member_*/metrics.jsonl member_*/neuron_events.jsonl member_*/deaths.json \
-    member_*/deaths_extract.npz member_*/unit_trace_last.npz ensemble.json 2>/dev/null)
-  say "d_ff $width: packed $(du -h "$out/layer_sparsity_dff$width.tar.xz" | cut -f1)"
+  # One archive per member: a width's three together pass the 16 MiB a device call brings back.
+  for member in "$run"/member_*; do
+    name=$(basename "$member")
+    (cd "$run" && tar cJf "$out/layer_sparsity_dff${width}_$name.tar.xz" "$name/config.json" "$name/metrics.jsonl" \
+      "$name/neuron_events.jsonl" "$name/deaths.json" "$name/deaths_extract.npz" "$name/unit_trace_last.npz" \
+      2>/dev/null)
+    say "d_ff $width: packed $name, $(du -h "$out/layer_sparsity_dff${width}_$name.tar.xz" | cut -f1)"
+  done
 done
