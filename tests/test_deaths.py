@@ -218,6 +218,68 @@ def test_deaths_at_random_times_of_stationary_units_are_not_systematically_signi
   assert readings.count("random") >= 5 and "dynamics" not in readings and "outliers" not in readings, readings
 
 
+def test_level_matched_draws_take_the_nearest_eligible_units_in_level_uniformly():
+  level = np.array([[0.10, 0.50, 0.12, 0.11, 0.90, 0.13]])
+  eligible = np.array([[True, True, True, False, True, True]])
+  picks = deaths.level_matched_draws(eligible, level, np.array([0.115]), 3, 3000, np.random.default_rng(0))
+  # Eligible by |level − 0.115|: 2 (.005), 0 (.015), 5 (.015; the tie after 0); unit 3 is closer but not eligible.
+  counts = np.bincount(picks[:, 0], minlength=6)
+  assert set(np.flatnonzero(counts)) == {0, 2, 5} and counts.min(initial=3000, where=counts > 0) > 800
+  none = deaths.level_matched_draws(np.zeros((1, 6), bool), level, np.array([0.1]), 3, 4, np.random.default_rng(0))
+  assert none.tolist() == [[-1], [-1], [-1], [-1]]
+
+
+def level_confounded_run(seed: int, L=2, F=400, P=80, deaths_per_layer=24):
+  """Every unit's frequency decays as base · exp(−t / 1000 steps), so its absolute decline grows with its level;
+  deaths fall at random times on random units of the lowest quarter of levels, nothing planted before them."""
+  rng = np.random.default_rng(seed)
+  steps = np.arange(P) * LOG_EVERY
+  base_frequency = rng.uniform(0.05, 0.6, (L, F))
+  trace = {"pre_mean": 0.5 + 0.05 * rng.normal(size=(P, L, F)), "pre_std": np.ones((P, L, F)),
+           "frequency": np.clip(base_frequency * np.exp(-steps / 1000.0)[:, None, None]
+                                + 0.01 * rng.normal(size=(P, L, F)), 0.002, 1.0),
+           "w_in_update": 1e-3 * np.exp(0.2 * rng.normal(size=(P, L, F))), "steps_since_active": np.zeros((P, L, F))}
+  events = []
+  for layer in range(L):
+    low = np.flatnonzero(base_frequency[layer] <= np.quantile(base_frequency[layer], 0.25))
+    for unit in rng.choice(low, deaths_per_layer, replace=False):
+      last_fired = int(steps[int(rng.integers(30, P - 10))] + rng.integers(0, LOG_EVERY))
+      after = steps > last_fired
+      trace["frequency"][after, layer, unit] = 0.0
+      trace["steps_since_active"][after, layer, unit] = steps[after] - last_fired
+      event_step = int(steps[np.argmax(steps - last_fired >= DEAD_WINDOW)])
+      events.append({"step": event_step, "layer": layer, "unit": int(unit), "event": "died",
+                     "steps_since_active": float(event_step - last_fired)})
+  return steps, trace, events
+
+
+def test_the_level_matched_null_removes_the_firing_level_confound_of_the_frequency_slope():
+  original, matched = [], []
+  for seed in range(8):
+    report, _ = report_of(*level_confounded_run(20 + seed), seed=seed)
+    s = report["pooled"]["features"]["frequency_slope"]
+    original.append(s["null"]["p_value"])
+    matched.append(s["null_matched"]["p_value"])
+    assert set(s["null_matched"]) == set(s["null"]) and len(s["null_matched"]["samples"]) == 200
+    for group in report["layers"].values():
+      assert group["features"]["frequency_slope"]["null_matched"]["p_value"] is not None
+  original, matched = np.array(original), np.array(matched)
+  # Dying units fire low, so they decline less than random still-firing units: the uniform null says p ≈ 1.
+  assert np.all(original > 0.95), original
+  # Against units of their own level they are what they are, chance: p neither small nor near 1, as a rule.
+  assert np.sum((matched > 0.05) & (matched < 0.95)) >= 6 and 0.2 < matched.mean() < 0.8, matched
+
+
+def test_planted_dynamics_give_small_p_under_the_level_matched_null_too():
+  report, _ = report_of(*synthetic_run(0, "dynamics"))
+  for group in (*report["layers"].values(), report["pooled"]):
+    for f in ("pre_mean_slope", "frequency_slope"):
+      s = group["features"][f]
+      assert s["null_matched"]["p_value"] < 0.01 and s["observed_mean"] < s["null_matched"]["q025"]
+  assert report["level_candidates"] == deaths.DEFAULT_LEVEL_CANDIDATES
+  assert "level-matched null (post hoc)" in deaths.summary_text(report)
+
+
 # --- the extract -----------------------------------------------------------------
 
 

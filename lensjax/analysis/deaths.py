@@ -63,6 +63,22 @@ Comparisons.
       (a decline), (1 + #{null ≥ observed}) / (1 + N) for f3 ("greater": an
       outlier update); `p_two_sided` = min(1, 2·min of both one-sided ones).
       The pooled null is the mean over all layers' draws of one permutation.
+  (c) Level-matched shuffled death times (`null_matched`; added after the
+      first real results, as a post-hoc check of a firing-level confound: on
+      those runs the null (b) gave p ≈ 1 for f2 while (a) showed a steeper
+      decline than matched survivors, because (b)'s random units fire far
+      more at those times and absolute frequencies fall faster from a high
+      level). As (b), but each death's window goes to a unit drawn uniformly,
+      with replacement, among the `level_candidates` (20) units of the layer's
+      null pool still firing at t_j whose firing frequency at the window's
+      first point is closest to the dying unit's own there (ties: the lower
+      pool index); fewer eligible units: all of them. Nearest-k rather than
+      frequency-quantile bins, because dying units crowd the pool's
+      low-frequency tail, where a quantile bin would span levels far from
+      theirs, while k nearest follow each death's own level; with
+      replacement, because k candidates shared by many deaths at one level
+      would run out without it. Same p-values and pooling as (b). The
+      readings below still use (b) only.
 
 Readings, fixed before any data (ALPHA = 0.05, MIN_EFFECT = 0.5, at least
 MIN_DEATHS = 5 included deaths in the group, otherwise "too_few_deaths"):
@@ -100,6 +116,7 @@ DIRECTION = {"pre_mean_slope": "less", "frequency_slope": "less", "update_ratio"
 TRACE_FIELDS = ("pre_mean", "pre_std", "frequency", "w_in_update")  # what the features read
 WINDOW_FIELDS = ("pre_mean", "frequency", "w_in_update")  # kept over the whole window of a dying unit
 DEFAULT_WINDOW_POINTS, DEFAULT_MATCHES, DEFAULT_NULL_SAMPLE, DEFAULT_PERMUTATIONS = 10, 5, 1024, 1000
+DEFAULT_LEVEL_CANDIDATES = 20  # the level-matched null's nearest-in-frequency candidates per death
 MIN_WINDOW_POINTS = 3  # a slope and a median of at least two earlier updates
 BOOTSTRAP = 2000
 ALPHA, MIN_EFFECT, MIN_DEATHS = 0.05, 0.5, 5
@@ -344,6 +361,22 @@ def null_draws(eligible_DxU: np.ndarray, permutations: int, rng: np.random.Gener
   return picks_NxD
 
 
+def level_matched_draws(eligible_DxU: np.ndarray, level_DxU: np.ndarray, target_D: np.ndarray, candidates: int,
+                        permutations: int, rng: np.random.Generator) -> np.ndarray:
+  """int64 [N, D]: for each death, N draws with replacement, uniform among the `candidates` eligible units whose
+  level (`level_DxU`) is closest to its own (`target_D`; ties: the lower unit index); −1 when none is eligible."""
+  num_deaths = eligible_DxU.shape[0]
+  picks_NxD = np.full((permutations, num_deaths), -1, np.int64)
+  for death in range(num_deaths):
+    units = np.flatnonzero(eligible_DxU[death])
+    if units.size == 0:
+      continue
+    distance = np.abs(np.asarray(level_DxU[death, units], np.float64) - float(target_D[death]))
+    nearest = units[np.lexsort((units, distance))[:candidates]]
+    picks_NxD[:, death] = nearest[rng.integers(nearest.size, size=permutations)]
+  return picks_NxD
+
+
 def _nanmean(x, axis=None):
   x = np.asarray(x, np.float64)
   finite = np.isfinite(x)
@@ -430,8 +463,9 @@ def reading(features: Mapping[str, dict], included: int) -> str:
   return "mixed"
 
 
-def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0) -> dict:
-  """The report (JSON-ready) per layer and pooled: counts, features, matched and null comparisons, reading."""
+def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
+                 level_candidates: int = DEFAULT_LEVEL_CANDIDATES) -> dict:
+  """The report (JSON-ready) per layer and pooled: counts, features, matched and both null comparisons, reading."""
   e, K = extract, extract.window_points
   steps_P = e.steps_P
   rows = np.flatnonzero(e.window_end_D >= 0)
@@ -451,7 +485,9 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
     pool_features[int(end)] = window_features(steps_P[points][None, :], pool["pre_mean"][:, points],
                                               pool["pre_std"][:, points[0]], pool["frequency"][:, points],
                                               pool["w_in_update"][:, points])
+  start_frequency_I = block["frequency"][:, 0, 0]  # the dying unit's own level at its window's first point
   null_values = {f: [] for f in FEATURES}  # per layer: [N, D_l] feature values of the drawn units
+  level_values = {f: [] for f in FEATURES}  # the same for the level-matched null
   for layer in range(e.num_layers):
     in_layer = np.flatnonzero(layer_I == layer)
     members = np.flatnonzero(e.pool_layer_U == layer)
@@ -459,30 +495,34 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
     eligible_DxU = e.pool_firing_UxP[members][:, ends].T
     picks_NxD = null_draws(eligible_DxU, permutations, np.random.default_rng([seed, 1, layer]),
                            replace=len(members) < e.units_per_layer)
-    for f in FEATURES:
-      values = np.full(picks_NxD.shape, np.nan)
-      for column, end in enumerate(ends):
-        drawn = picks_NxD[:, column]
-        ok = drawn >= 0
-        values[ok, column] = pool_features[int(end)][f][members[drawn[ok]]]
-      null_values[f].append(values)
+    level_picks_NxD = level_matched_draws(eligible_DxU, pool["frequency"][members][:, ends - (K - 1)].T,
+                                          start_frequency_I[in_layer], level_candidates, permutations,
+                                          np.random.default_rng([seed, 3, layer]))
+    for picks, out in ((picks_NxD, null_values), (level_picks_NxD, level_values)):
+      for f in FEATURES:
+        values = np.full(picks.shape, np.nan)
+        for column, end in enumerate(ends):
+          drawn = picks[:, column]
+          ok = drawn >= 0
+          values[ok, column] = pool_features[int(end)][f][members[drawn[ok]]]
+        out[f].append(values)
 
   deaths_per_layer = np.bincount(e.deaths.layer_D, minlength=e.num_layers)
   never_fired = np.bincount(e.deaths.layer_D[e.deaths.last_fired_D < 0], minlength=e.num_layers)
   included_per_layer = np.bincount(layer_I, minlength=e.num_layers)
   pool_per_layer = np.bincount(e.pool_layer_U, minlength=e.num_layers)
 
-  def group(index: int, dying_I: dict, matched_I: dict, null_NxD: dict, counts: dict) -> dict:
+  def group(index: int, dying_I: dict, matched_I: dict, null_NxD: dict, level_NxD: dict, counts: dict) -> dict:
     features = {}
     for number, f in enumerate(FEATURES):
       observed = _nanmean(dying_I[f])
-      draws = null_NxD[f]
-      null_N = _nanmean(draws, axis=1) if draws.shape[1] else np.full(permutations, np.nan)
       features[f] = {"observed_mean": _number(observed), "observed_units": int(np.sum(np.isfinite(dying_I[f]))),
                      "matched": paired_comparison(dying_I[f], matched_I[f],
-                                                  np.random.default_rng([seed, 2, index, number])),
-                     "null": null_comparison(float(observed), null_N, DIRECTION[f])}
-      features[f]["null"]["shortfall_draws"] = int(np.sum(~np.isfinite(draws)))
+                                                  np.random.default_rng([seed, 2, index, number]))}
+      for key, draws in (("null", null_NxD[f]), ("null_matched", level_NxD[f])):
+        null_N = _nanmean(draws, axis=1) if draws.shape[1] else np.full(permutations, np.nan)
+        features[f][key] = null_comparison(float(observed), null_N, DIRECTION[f])
+        features[f][key]["shortfall_draws"] = int(np.sum(~np.isfinite(draws)))
     counts["included"] = len(dying_I[FEATURES[0]])
     return {"counts": counts, "features": features, "reading": reading(features, counts["included"])}
 
@@ -494,15 +534,18 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
               "null_pool": int(pool_per_layer[layer])}
     layers[str(layer)] = group(layer, {f: v[chosen] for f, v in dying.items()},
                                {f: v[chosen] for f, v in matched.items()},
-                               {f: null_values[f][layer] for f in FEATURES}, counts)
+                               {f: null_values[f][layer] for f in FEATURES},
+                               {f: level_values[f][layer] for f in FEATURES}, counts)
   pooled_counts = {key: sum(layers[str(l)]["counts"][key] for l in range(e.num_layers))
                    for key in ("deaths", "excluded", "never_fired", "survivors", "null_pool")}
   # Permutation n of the pooled null is every layer's draws of permutation n: each layer keeps its death times.
   pooled_null = {f: np.concatenate(null_values[f], axis=1) for f in FEATURES}
-  pooled = group(e.num_layers, dying, matched, pooled_null, pooled_counts)
+  pooled_level = {f: np.concatenate(level_values[f], axis=1) for f in FEATURES}
+  pooled = group(e.num_layers, dying, matched, pooled_null, pooled_level, pooled_counts)
   return {"trace_points": int(len(steps_P)), "first_step": int(steps_P[0]) if len(steps_P) else None,
           "last_step": int(steps_P[-1]) if len(steps_P) else None, "window_points": K, "matches": e.matches,
           "null_sample": e.null_sample, "permutations": permutations, "seed": seed, "sample_seed": e.sample_seed,
+          "level_candidates": level_candidates,
           "dead_window": e.dead_window, "active_threshold": e.active_threshold, "firing_rule": e.firing_rule,
           "units_per_layer": e.units_per_layer, "num_layers": e.num_layers,
           "thresholds": {"alpha": ALPHA, "min_effect": MIN_EFFECT, "min_deaths": MIN_DEATHS},
@@ -525,4 +568,8 @@ def summary_text(report: dict) -> str:
       lines.append(f"  {f}: dying {fmt(s['observed_mean'])}, matched survivors {fmt(m['survivor_mean'])}, "
                    f"d_z {fmt(m['cohens_d'])}{interval}; null {fmt(n['mean'])} [{fmt(n['q025'])}, {fmt(n['q975'])}], "
                    f"p ({n['direction']}) {fmt(n['p_value'])}")
+      if "null_matched" in s:
+        v = s["null_matched"]
+        lines.append(f"    level-matched null (post hoc) {fmt(v['mean'])} [{fmt(v['q025'])}, {fmt(v['q975'])}], "
+                     f"p ({v['direction']}) {fmt(v['p_value'])}")
   return "\n".join(lines)

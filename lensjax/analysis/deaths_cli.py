@@ -1,9 +1,9 @@
 """`lensjax deaths --workdir RUN [--json [OUT.json]] [--extract OUT.npz] [--from-extract X.npz] [--window-points K]
-[--matches M] [--null-sample S] [--permutations N] [--seed S]`: do FFN units die of the dynamics of training?
+[--matches M] [--null-sample S] [--permutations N] [--level-candidates K] [--seed S]`: do FFN units die of the dynamics of training?
 
 Reads RUN/unit_trace/ (a run trained with --config.stats.unit_trace=true), RUN/neuron_events.jsonl and
 RUN/config.json, and compares what each dying unit did before it stopped firing with matched survivors and
-with shuffled death times (lensjax.analysis.deaths). Prints a summary, or with a bare --json the report as one
+with shuffled death times, uniform and level-matched (lensjax.analysis.deaths). Prints a summary, or with a bare --json the report as one
 JSON object; `--json OUT.json` writes the report there instead. `--extract OUT.npz` writes the few megabytes
 the report is computed from, and `--from-extract X.npz` computes the same report from such a file alone.
 """
@@ -21,7 +21,7 @@ from lensjax.analysis import deaths
 from lensjax.errors import InputError
 
 USAGE = ("pass --workdir RUN [--json [OUT.json]] [--extract OUT.npz] [--window-points K] [--matches M] "
-         "[--null-sample S] [--permutations N] [--seed S], or --from-extract X.npz instead of --workdir")
+         "[--null-sample S] [--permutations N] [--level-candidates K] [--seed S], or --from-extract X.npz instead of --workdir")
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -42,6 +42,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
                       help=f"units per layer in the shuffled-time null's pool (default {deaths.DEFAULT_NULL_SAMPLE})")
   parser.add_argument("--permutations", type=int, default=deaths.DEFAULT_PERMUTATIONS, metavar="N",
                       help=f"shuffles of the death times (default {deaths.DEFAULT_PERMUTATIONS})")
+  parser.add_argument("--level-candidates", type=int, default=deaths.DEFAULT_LEVEL_CANDIDATES, metavar="K",
+                      help="nearest-in-frequency candidates per death in the level-matched null (post-hoc check "
+                           f"of the firing-level confound; default {deaths.DEFAULT_LEVEL_CANDIDATES})")
   parser.add_argument("--seed", type=int, default=0, help="seed of the null pool, the shuffles and the bootstrap")
   parser.set_defaults(handler=handler)
   return parser
@@ -55,7 +58,7 @@ def handler(args, extra: list[str]) -> int:
     extract = read_extract(args.from_extract, args)
   else:
     extract = extract_of_run(args.workdir, args)
-  report = deaths.death_report(extract, args.permutations, args.seed)
+  report = deaths.death_report(extract, args.permutations, args.seed, args.level_candidates)
   report["source"] = args.from_extract or args.workdir
   if args.extract:
     _replace(args.extract, lambda f: np.savez_compressed(f, **extract.to_arrays()))
@@ -72,7 +75,8 @@ def _check_arguments(args) -> None:
     raise InputError(f"{args.from_extract} is already an extract; drop --extract or pass --workdir instead.")
   for name, value, least in (("--window-points", args.window_points, deaths.MIN_WINDOW_POINTS),
                              ("--matches", args.matches, 1), ("--null-sample", args.null_sample, 1),
-                             ("--permutations", args.permutations, 1)):
+                             ("--permutations", args.permutations, 1),
+                             ("--level-candidates", args.level_candidates, 1)):
     if value is not None and value < least:
       raise InputError(f"{name} is {value}; it must be at least {least}.")
   for name, path in (("--json", args.json), ("--extract", args.extract)):
