@@ -6,7 +6,10 @@
 # trace; the train and deaths logs are beside them (train_dff<F>.log, deaths_dff<F>.log). Unpack them into the
 # page's raw folders with `python3 benchmarks/layer_sparsity_figures.py --unpack ARCHIVE... RAW_DIR`.
 # Usage: bash benchmarks/gpu_layer_sparsity.sh OUTDIR [D_FF ...]   (default widths: 2048 8192 32768)
-#   env: EXTRA (more --config.KEY=VALUE for every run), PYTHON (python3), RUNS (/tmp/layer_sparsity_runs)
+#   env: EXTRA (more --config.KEY=VALUE for every run), PYTHON (python3), RUNS (/tmp/layer_sparsity_runs),
+#        TRAIN_TIMEOUT (seconds; 0 = none: after it the trainer gets SIGTERM, saves a checkpoint and stops,
+#        and the width is left for a second call), RESUME (1: continue an existing run directory instead of
+#        starting it again; the way to finish a width a TRAIN_TIMEOUT stopped, while the machine still has it).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_layer_sparsity.sh OUTDIR [D_FF ...]}
 shift
@@ -15,18 +18,26 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 runs=${RUNS:-/tmp/layer_sparsity_runs}
 extra=${EXTRA:-}
+train_timeout=${TRAIN_TIMEOUT:-0}
+resume=${RESUME:-0}
 mkdir -p "$out" "$runs"
 start=$SECONDS
 say() { echo "[$((SECONDS - start)) s] $*" | tee -a "$out/layer_sparsity_log.txt"; }
 say "widths $widths; $("$py" -c 'import jax; print(jax.__version__, jax.devices())' 2>&1 | tail -1)"
 for width in $widths; do
   run="$runs/dff$width"
-  rm -rf "$run"
+  if [ "$resume" != 1 ]; then rm -rf "$run"; fi
   t0=$SECONDS
   # shellcheck disable=SC2086
-  "$py" -m lensjax train --config configs/layer_sparsity.py --workdir "$run" --config.model.d_ff="$width" \
-    --config.logging.progress=lines $extra 2>&1 | grep --line-buffered -v "^WARNING\|^I1\|^W1\|^E1" | tee "$out/train_dff$width.log"
-  say "d_ff $width: train exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+  timeout --signal=TERM "$train_timeout" "$py" -m lensjax train --config configs/layer_sparsity.py --workdir "$run" \
+    --config.model.d_ff="$width" --config.logging.progress=lines $extra 2>&1 \
+    | grep --line-buffered -v "^WARNING\|^I1\|^W1\|^E1" | tee -a "$out/train_dff$width.log"
+  code=${PIPESTATUS[0]}
+  say "d_ff $width: train exit $code after $((SECONDS - t0)) s"
+  if [ "$code" = 124 ]; then
+    say "d_ff $width: stopped by TRAIN_TIMEOUT=$train_timeout at a checkpoint; run again with RESUME=1 to finish it"
+    continue
+  fi
   for member in "$run"/member_*; do
     "$py" -m lensjax deaths --workdir "$member" --json "$member/deaths.json" --extract "$member/deaths_extract.npz" \
       >> "$out/deaths_dff$width.log" 2>&1
