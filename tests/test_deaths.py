@@ -280,6 +280,81 @@ def test_planted_dynamics_give_small_p_under_the_level_matched_null_too():
   assert "level-matched null (post hoc)" in deaths.summary_text(report)
 
 
+def regression_to_the_mean_run(seed: int, L=2, F=400, P=80, deaths_per_layer=24):
+  """Every unit's frequency is a stationary AR(1) process (φ 0.7, sd 0.05) about its own level (0.15..0.6), no
+  trend anywhere; pre_mean follows it. Each death goes to the unit lowest at one random point, and its window
+  ends 30 points later (the AR memory long gone): so dying units are low-level units, and survivors matched on
+  one point to them are units caught in a low excursion there, which rise afterwards."""
+  rng = np.random.default_rng(seed)
+  steps = np.arange(P) * LOG_EVERY
+  level = rng.uniform(0.15, 0.6, (L, F))
+  noise = np.empty((P, L, F))
+  noise[0] = 0.05 * rng.normal(size=(L, F))
+  for point in range(1, P):
+    noise[point] = 0.7 * noise[point - 1] + 0.05 * np.sqrt(1 - 0.7 ** 2) * rng.normal(size=(L, F))
+  frequency = level + noise
+  trace = {"pre_mean": 2.0 * frequency + 0.01 * rng.normal(size=(P, L, F)), "pre_std": np.ones((P, L, F)),
+           "frequency": frequency.copy(), "w_in_update": 1e-3 * np.exp(0.2 * rng.normal(size=(P, L, F))),
+           "steps_since_active": np.zeros((P, L, F))}
+  events = []
+  for layer in range(L):
+    chosen = set()
+    for _ in range(deaths_per_layer):
+      low_at = int(rng.integers(5, 40))
+      unit = int(next(u for u in np.argsort(frequency[low_at, layer]) if u not in chosen))
+      chosen.add(unit)
+      last_fired = int(steps[low_at + 30] + rng.integers(0, LOG_EVERY))
+      after = steps > last_fired
+      trace["frequency"][after, layer, unit] = 0.0
+      trace["steps_since_active"][after, layer, unit] = steps[after] - last_fired
+      event_step = int(steps[np.argmax(steps - last_fired >= DEAD_WINDOW)])
+      events.append({"step": event_step, "layer": layer, "unit": unit, "event": "died",
+                     "steps_since_active": float(event_step - last_fired)})
+  return steps, trace, events
+
+
+def test_window_mean_matching_removes_the_regression_to_the_mean_of_single_point_matching():
+  d_z = {m: [] for m in deaths.MATCH_ON}
+  p = {m: [] for m in deaths.MATCH_ON}
+  covers_zero = []
+  for seed in range(8):
+    steps, trace, events = regression_to_the_mean_run(40 + seed)
+    extract = deaths.build_extract(steps, trace, deaths.first_deaths(events), dead_window=DEAD_WINDOW,
+                                   active_threshold=0.0, seed=seed)
+    for match_on in deaths.MATCH_ON:
+      report = deaths.death_report(extract, 200, seed, match_on=match_on)
+      assert report["match_on"] == match_on and report["pooled"]["counts"]["excluded_by_matching"] == 0
+      for f in ("pre_mean_slope", "frequency_slope"):
+        s = report["pooled"]["features"][f]
+        d_z[match_on].append(s["matched"]["cohens_d"])
+        p[match_on].append(s["null_matched"]["p_value"])
+        if match_on == "window-mean":
+          covers_zero.append(s["matched"]["cohens_d_ci95"][0] < 0 < s["matched"]["cohens_d_ci95"][1])
+  d_z, p = {m: np.array(v) for m, v in d_z.items()}, {m: np.array(v) for m, v in p.items()}
+  # One-point matching: a spurious decline, in the matched survivors and in the level-matched null alike.
+  assert np.all(d_z["start"] < -0.3) and d_z["start"].mean() < -0.4, d_z["start"]
+  assert np.sum(p["start"] <= 0.05) >= 14, p["start"]
+  # Matching on the window's mean: nothing, as a rule.
+  assert abs(d_z["window-mean"].mean()) < 0.15 and sum(covers_zero) >= 14, d_z["window-mean"]
+  assert np.sum(p["window-mean"] < 0.05) <= 2 and 0.25 < p["window-mean"].mean() < 0.75, p["window-mean"]
+
+
+def test_planted_dynamics_are_found_under_window_mean_matching_too():
+  report, extract = report_of(*synthetic_run(0, "dynamics"))
+  assert report["match_on"] == "start"
+  assert deaths.death_report(extract, 200, 0, match_on="start") == report  # the default
+  report = deaths.death_report(extract, 200, 0, match_on="window-mean")
+  assert report["match_on"] == "window-mean" and "over the window (mean)" in deaths.summary_text(report)
+  for group in (*report["layers"].values(), report["pooled"]):
+    assert group["reading"] == "dynamics"
+    for f in ("pre_mean_slope", "frequency_slope"):
+      s = group["features"][f]
+      assert s["matched"]["cohens_d"] < -1.0 and s["matched"]["cohens_d_ci95"][1] < -0.5
+      assert s["null_matched"]["p_value"] < 0.01
+  with pytest.raises(InputError, match="match_on"):
+    deaths.death_report(extract, 10, 0, match_on="before")
+
+
 # --- the extract -----------------------------------------------------------------
 
 
@@ -366,6 +441,9 @@ def test_lensjax_deaths_on_a_real_run_and_from_its_extract_gives_the_same_json(t
   from_extract = json.loads(again.stdout)
   assert from_extract.pop("source") == extract and report.pop("source") == traced_run
   assert from_extract == report
+  by_mean = run_cli("deaths", "--from-extract", extract, "--permutations", "50", "--json", "--match-on", "window-mean")
+  assert by_mean.returncode == 0, by_mean.stderr
+  assert json.loads(by_mean.stdout)["match_on"] == "window-mean" and report["match_on"] == "start"
 
 
 def test_lensjax_deaths_refuses_runs_it_cannot_read_with_exit_2_and_keeps_the_files(traced_run, tmp_path):

@@ -79,6 +79,25 @@ Comparisons.
       replacement, because k candidates shared by many deaths at one level
       would run out without it. Same p-values and pooling as (b). The
       readings below still use (b) only.
+  (d) `match_on` (added after the first real results, as a post-hoc check of
+      regression to the mean): (a) and (c) match on the frequency at ONE point,
+      the window's first ("start", the default and the reading's). Units
+      picked for a low level at one moment tend to rise afterwards, so the
+      matched survivors and (c)'s draws, caught low there, have a rising
+      window (on the real runs their frequency slopes are positive), which
+      favours "dying units decline more". With "window-mean" both match on the
+      mean frequency over the window's own K points instead: the dying unit's
+      from its block, every pool unit's from its trace at the same points; a
+      window's mean and its least-squares slope are uncorrelated for a
+      stationary process, so no single point is selected. (a)'s survivors then
+      come from the null pool's never-dying units (the `matches` closest in
+      window mean; ties: the lower pool index), since the extract holds no
+      other survivor's window; (c) as above with that level. Matching on the
+      mean over the K points *before* the window would be cleaner still, but
+      the extract keeps a dying unit's frequency over its window only (its
+      earlier points only when it is in the null pool), so it is not offered.
+      `counts.excluded_by_matching` counts deaths a matching mode leaves out
+      (none for either: both use only the window's points).
 
 Readings, fixed before any data (ALPHA = 0.05, MIN_EFFECT = 0.5, at least
 MIN_DEATHS = 5 included deaths in the group, otherwise "too_few_deaths"):
@@ -117,6 +136,7 @@ TRACE_FIELDS = ("pre_mean", "pre_std", "frequency", "w_in_update")  # what the f
 WINDOW_FIELDS = ("pre_mean", "frequency", "w_in_update")  # kept over the whole window of a dying unit
 DEFAULT_WINDOW_POINTS, DEFAULT_MATCHES, DEFAULT_NULL_SAMPLE, DEFAULT_PERMUTATIONS = 10, 5, 1024, 1000
 DEFAULT_LEVEL_CANDIDATES = 20  # the level-matched null's nearest-in-frequency candidates per death
+MATCH_ON = ("start", "window-mean")  # the firing level the matched comparisons match on: docstring, (d)
 MIN_WINDOW_POINTS = 3  # a slope and a median of at least two earlier updates
 BOOTSTRAP = 2000
 ALPHA, MIN_EFFECT, MIN_DEATHS = 0.05, 0.5, 5
@@ -464,8 +484,11 @@ def reading(features: Mapping[str, dict], included: int) -> str:
 
 
 def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
-                 level_candidates: int = DEFAULT_LEVEL_CANDIDATES) -> dict:
-  """The report (JSON-ready) per layer and pooled: counts, features, matched and both null comparisons, reading."""
+                 level_candidates: int = DEFAULT_LEVEL_CANDIDATES, match_on: str = "start") -> dict:
+  """The report (JSON-ready) per layer and pooled: counts, features, matched and both null comparisons, reading.
+  `match_on` (MATCH_ON): the firing level both matched comparisons match on (module docstring, (d))."""
+  if match_on not in MATCH_ON:
+    raise InputError(f"match_on is {match_on!r}; it must be one of {', '.join(MATCH_ON)}.")
   e, K = extract, extract.window_points
   steps_P = e.steps_P
   rows = np.flatnonzero(e.window_end_D >= 0)
@@ -485,7 +508,23 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
     pool_features[int(end)] = window_features(steps_P[points][None, :], pool["pre_mean"][:, points],
                                               pool["pre_std"][:, points[0]], pool["frequency"][:, points],
                                               pool["w_in_update"][:, points])
-  start_frequency_I = block["frequency"][:, 0, 0]  # the dying unit's own level at its window's first point
+  if match_on == "start":
+    target_I = block["frequency"][:, 0, 0]  # the dying unit's own level at its window's first point
+    pool_level = {end: pool["frequency"][:, end - (K - 1)] for end in pool_features}
+  else:  # "window-mean": the mean over the window's own K points, the dying unit's and each pool unit's
+    target_I = np.mean(block["frequency"][:, 0, :], axis=1)
+    pool_level = {end: np.mean(pool["frequency"][:, end + offsets_K], axis=1) for end in pool_features}
+    # Matched survivors among the pool's never-dying units: the extract holds no other survivor's whole window.
+    died = set(zip(e.deaths.layer_D.tolist(), e.deaths.unit_D.tolist()))
+    pool_survivor_U = np.array([(l, u) not in died for l, u in zip(e.pool_layer_U.tolist(), e.pool_unit_U.tolist())],
+                               bool)
+    matched = {f: np.full(len(rows), np.nan) for f in FEATURES}
+    for row, (layer, end) in enumerate(zip(layer_I.tolist(), end_I.tolist())):
+      candidates = np.flatnonzero((e.pool_layer_U == layer) & pool_survivor_U)
+      distance = np.abs(pool_level[end][candidates] - target_I[row])
+      closest = candidates[np.lexsort((candidates, distance))[:e.matches]]
+      for f in FEATURES:
+        matched[f][row] = _nanmean(pool_features[end][f][closest]) if closest.size else np.nan
   null_values = {f: [] for f in FEATURES}  # per layer: [N, D_l] feature values of the drawn units
   level_values = {f: [] for f in FEATURES}  # the same for the level-matched null
   for layer in range(e.num_layers):
@@ -495,9 +534,10 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
     eligible_DxU = e.pool_firing_UxP[members][:, ends].T
     picks_NxD = null_draws(eligible_DxU, permutations, np.random.default_rng([seed, 1, layer]),
                            replace=len(members) < e.units_per_layer)
-    level_picks_NxD = level_matched_draws(eligible_DxU, pool["frequency"][members][:, ends - (K - 1)].T,
-                                          start_frequency_I[in_layer], level_candidates, permutations,
-                                          np.random.default_rng([seed, 3, layer]))
+    level_DxU = (np.stack([pool_level[int(end)][members] for end in ends]) if len(ends)
+                 else np.zeros((0, len(members))))
+    level_picks_NxD = level_matched_draws(eligible_DxU, level_DxU, target_I[in_layer], level_candidates,
+                                          permutations, np.random.default_rng([seed, 3, layer]))
     for picks, out in ((picks_NxD, null_values), (level_picks_NxD, level_values)):
       for f in FEATURES:
         values = np.full(picks.shape, np.nan)
@@ -531,13 +571,13 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
     chosen = layer_I == layer
     counts = {"deaths": int(deaths_per_layer[layer]), "excluded": int(deaths_per_layer[layer] - included_per_layer[layer]),
               "never_fired": int(never_fired[layer]), "survivors": int(e.survivors_L[layer]),
-              "null_pool": int(pool_per_layer[layer])}
+              "null_pool": int(pool_per_layer[layer]), "excluded_by_matching": 0}
     layers[str(layer)] = group(layer, {f: v[chosen] for f, v in dying.items()},
                                {f: v[chosen] for f, v in matched.items()},
                                {f: null_values[f][layer] for f in FEATURES},
                                {f: level_values[f][layer] for f in FEATURES}, counts)
   pooled_counts = {key: sum(layers[str(l)]["counts"][key] for l in range(e.num_layers))
-                   for key in ("deaths", "excluded", "never_fired", "survivors", "null_pool")}
+                   for key in ("deaths", "excluded", "never_fired", "survivors", "null_pool", "excluded_by_matching")}
   # Permutation n of the pooled null is every layer's draws of permutation n: each layer keeps its death times.
   pooled_null = {f: np.concatenate(null_values[f], axis=1) for f in FEATURES}
   pooled_level = {f: np.concatenate(level_values[f], axis=1) for f in FEATURES}
@@ -545,7 +585,8 @@ def death_report(extract: Extract, permutations: int = DEFAULT_PERMUTATIONS, see
   return {"trace_points": int(len(steps_P)), "first_step": int(steps_P[0]) if len(steps_P) else None,
           "last_step": int(steps_P[-1]) if len(steps_P) else None, "window_points": K, "matches": e.matches,
           "null_sample": e.null_sample, "permutations": permutations, "seed": seed, "sample_seed": e.sample_seed,
-          "level_candidates": level_candidates,
+          "level_candidates": level_candidates, "match_on": match_on,
+          "matched_from": "the layer's survivors" if match_on == "start" else "the null pool's survivors",
           "dead_window": e.dead_window, "active_threshold": e.active_threshold, "firing_rule": e.firing_rule,
           "units_per_layer": e.units_per_layer, "num_layers": e.num_layers,
           "thresholds": {"alpha": ALPHA, "min_effect": MIN_EFFECT, "min_deaths": MIN_DEATHS},
@@ -556,7 +597,8 @@ def summary_text(report: dict) -> str:
   """A few lines per group: counts, each feature's observed mean, matched d_z [interval], null p, reading."""
   lines = [f"neuron deaths over {report['trace_points']} trace points (steps {report['first_step']}.."
            f"{report['last_step']}), windows of {report['window_points']} points, {report['permutations']} "
-           "shuffles of death times"]
+           "shuffles of death times; matched on the frequency "
+           + ("over the window (mean)" if report.get("match_on") == "window-mean" else "at the window's first point")]
   fmt = lambda x: "n/a" if x is None else f"{x:.3g}"
   for name, group in [*((f"layer {l}", g) for l, g in report["layers"].items()), ("pooled", report["pooled"])]:
     c = group["counts"]

@@ -1,5 +1,6 @@
 """`lensjax deaths --workdir RUN [--json [OUT.json]] [--extract OUT.npz] [--from-extract X.npz] [--window-points K]
-[--matches M] [--null-sample S] [--permutations N] [--level-candidates K] [--seed S]`: do FFN units die of the dynamics of training?
+[--matches M] [--null-sample S] [--permutations N] [--level-candidates K] [--match-on {start,window-mean}]
+[--seed S]`: do FFN units die of the dynamics of training?
 
 Reads RUN/unit_trace/ (a run trained with --config.stats.unit_trace=true), RUN/neuron_events.jsonl and
 RUN/config.json, and compares what each dying unit did before it stopped firing with matched survivors and
@@ -21,7 +22,7 @@ from lensjax.analysis import deaths
 from lensjax.errors import InputError
 
 USAGE = ("pass --workdir RUN [--json [OUT.json]] [--extract OUT.npz] [--window-points K] [--matches M] "
-         "[--null-sample S] [--permutations N] [--level-candidates K] [--seed S], or --from-extract X.npz instead of --workdir")
+         "[--null-sample S] [--permutations N] [--level-candidates K] [--match-on {start,window-mean}] [--seed S], or --from-extract X.npz instead of --workdir")
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -45,6 +46,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
   parser.add_argument("--level-candidates", type=int, default=deaths.DEFAULT_LEVEL_CANDIDATES, metavar="K",
                       help="nearest-in-frequency candidates per death in the level-matched null (post-hoc check "
                            f"of the firing-level confound; default {deaths.DEFAULT_LEVEL_CANDIDATES})")
+  parser.add_argument("--match-on", choices=deaths.MATCH_ON, default="start",
+                      help="the frequency both matched comparisons match on: at the window's first point (start, "
+                           "the default) or its mean over the window (window-mean; post-hoc check of regression to "
+                           "the mean)")
   parser.add_argument("--seed", type=int, default=0, help="seed of the null pool, the shuffles and the bootstrap")
   parser.set_defaults(handler=handler)
   return parser
@@ -58,7 +63,8 @@ def handler(args, extra: list[str]) -> int:
     extract = read_extract(args.from_extract, args)
   else:
     extract = extract_of_run(args.workdir, args)
-  report = deaths.death_report(extract, args.permutations, args.seed, args.level_candidates)
+  report = deaths.death_report(extract, args.permutations, args.seed, args.level_candidates,
+                               args.match_on)
   report["source"] = args.from_extract or args.workdir
   if args.extract:
     _replace(args.extract, lambda f: np.savez_compressed(f, **extract.to_arrays()))
