@@ -364,7 +364,8 @@ def main(argv: list[str]) -> int:
     sections.append(f"## {title}\n\n{text}\n")
     claims[title] = numbers
   with open(os.path.join(out, "summary.md"), "w") as f:
-    f.write("\n".join(sections))
+    f.write("# Tables of the layer-sparsity runs\n\nWritten by benchmarks/layer_sparsity_figures.py; the claims, "
+            "predictions and the verdict table are on docs/results/layer_sparsity.md.\n\n" + "\n".join(sections))
   with open(os.path.join(out, "claims.json"), "w") as f:
     json.dump(claims, f, indent=1, default=float)
   plot_over_training(widths, "ffn/active_token", "fraction of units active per token", f"{out}/active_token.png")
