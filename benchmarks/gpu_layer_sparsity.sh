@@ -9,8 +9,10 @@
 #   env: EXTRA (more --config.KEY=VALUE for every run), PYTHON (python3), RUNS (/tmp/layer_sparsity_runs),
 #        TRAIN_TIMEOUT (seconds; 0 = none: after it the trainer gets SIGTERM, saves a checkpoint and stops,
 #        and the width is left for a second call), RESUME (1: continue an existing run directory instead of
-#        starting it again; the way to finish a width a TRAIN_TIMEOUT stopped, while the machine still has it).
+#        starting it again; the way to finish a width a TRAIN_TIMEOUT stopped, while the machine still has it),
+#        SPLIT_BYTES (an archive larger than this is split into parts of this size; default 15 MiB).
 set -uo pipefail
+shopt -s nullglob  # a run that left no member folders packs nothing rather than "member_*"
 out=${1:?usage: bash benchmarks/gpu_layer_sparsity.sh OUTDIR [D_FF ...]}
 shift
 widths=${*:-2048 8192 32768}
@@ -20,6 +22,7 @@ runs=${RUNS:-/tmp/layer_sparsity_runs}
 extra=${EXTRA:-}
 train_timeout=${TRAIN_TIMEOUT:-0}
 resume=${RESUME:-0}
+split_bytes=${SPLIT_BYTES:-$((15 * 1024 * 1024))}
 mkdir -p "$out" "$runs"
 start=$SECONDS
 say() { echo "[$((SECONDS - start)) s] $*" | tee -a "$out/layer_sparsity_log.txt"; }
@@ -38,19 +41,30 @@ for width in $widths; do
     say "d_ff $width: stopped by TRAIN_TIMEOUT=$train_timeout at a checkpoint; run again with RESUME=1 to finish it"
     continue
   fi
+  # The members' analyses side by side: each reads its own trace and the machine has cores to spare.
   for member in "$run"/member_*; do
     "$py" -m lensjax deaths --workdir "$member" --json "$member/deaths.json" --extract "$member/deaths_extract.npz" \
-      >> "$out/deaths_dff$width.log" 2>&1
-    say "d_ff $width: deaths $(basename "$member") exit $?"
+      > "$member/deaths.log" 2>&1 &
+  done
+  for job in $(jobs -p); do wait "$job"; done
+  for member in "$run"/member_*; do
+    cat "$member/deaths.log" >> "$out/deaths_dff$width.log"
+    say "d_ff $width: deaths $(basename "$member") $([ -s "$member/deaths.json" ] && echo written || echo FAILED)"
     last=$(ls "$member/unit_trace" 2>/dev/null | tail -1)
     if [ -n "$last" ]; then cp "$member/unit_trace/$last" "$member/unit_trace_last.npz"; fi
   done
-  # One archive per member: a width's three together pass the 16 MiB a device call brings back.
+  # One archive per member: a width's three together pass the 16 MiB a device call brings back. One larger
+  # than SPLIT_BYTES is split into .part0, .part1, ... (the --unpack of layer_sparsity_figures.py joins them).
   for member in "$run"/member_*; do
     name=$(basename "$member")
-    (cd "$run" && tar cJf "$out/layer_sparsity_dff${width}_$name.tar.xz" "$name/config.json" "$name/metrics.jsonl" \
+    archive="$out/layer_sparsity_dff${width}_$name.tar.xz"
+    (cd "$run" && tar cJf "$archive" "$name/config.json" "$name/metrics.jsonl" \
       "$name/neuron_events.jsonl" "$name/deaths.json" "$name/deaths_extract.npz" "$name/unit_trace_last.npz" \
       2>/dev/null)
-    say "d_ff $width: packed $name, $(du -h "$out/layer_sparsity_dff${width}_$name.tar.xz" | cut -f1)"
+    say "d_ff $width: packed $name, $(du -h "$archive" | cut -f1)"
+    if [ "$(stat -c %s "$archive")" -gt "$split_bytes" ]; then
+      split -b "$split_bytes" -d -a 1 "$archive" "$archive.part" && rm "$archive"
+      say "d_ff $width: split it into $(ls "$archive".part* | wc -l) parts"
+    fi
   done
 done

@@ -7,7 +7,8 @@ Usage:
 
 RAW_DIR holds dff<F>/member_<i>/ folders of config.json, metrics.jsonl.xz, neuron_events.jsonl.xz,
 deaths.json.xz, deaths_extract.npz and unit_trace_last.npz; `--unpack` makes them from the archives
-`benchmarks/gpu_layer_sparsity.sh` writes (layer_sparsity_dff<F>.tar.xz, or one per member).
+`benchmarks/gpu_layer_sparsity.sh` writes (layer_sparsity_dff<F>.tar.xz, or one per member, or the parts
+of one it split: pass them all).
 OUT_DIR receives summary.md (every number of the page's tables), claims.json (the same, machine-readable)
 and the figures. "End of training" is the mean of a member's last END_POINTS logged values; intervals are
 95% t intervals across the members (seeds), lensjax.report.intervals.
@@ -86,10 +87,15 @@ def load_widths(raw_dir: str) -> dict[int, dict]:
 
 
 def unpack(archives: list[str], raw_dir: str) -> int:
-  """The GPU script's archives (one per width, or one per member) into RAW_DIR/dff<F>/member_<i>/."""
-  for path in archives:
-    width = int(re.search(r"dff(\d+)", os.path.basename(path)).group(1))
-    with tarfile.open(path) as archive:
+  """The GPU script's archives (one per width, or one per member, or the .part0, .part1, ... of one it split)
+  into RAW_DIR/dff<F>/member_<i>/."""
+  joined: dict[str, list[str]] = {}
+  for path in sorted(archives):  # split -d -a 1: part0 ... part9, in order
+    joined.setdefault(re.sub(r"\.part\d$", "", path), []).append(path)
+  for stem, parts in joined.items():
+    width = int(re.search(r"dff(\d+)", os.path.basename(stem)).group(1))
+    whole = b"".join(open(part, "rb").read() for part in parts)
+    with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
       for entry in archive.getmembers():
         match = re.match(r"member_(\d+)/(.+)$", entry.name)
         if not match or not entry.isfile() or match.group(2) not in RAW_FILES:

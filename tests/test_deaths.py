@@ -198,6 +198,35 @@ def test_planted_dynamics_driven_deaths_give_small_p_large_effects_and_the_readi
   assert len(report["pooled"]["features"]["pre_mean_slope"]["null"]["samples"]) == 200
 
 
+def test_a_layer_with_more_deaths_than_the_limit_is_analysed_on_a_seeded_uniform_sample_of_them(tmp_path):
+  steps, trace, events = synthetic_run(0, "dynamics", deaths_per_layer=30)
+  found = deaths.first_deaths(events)
+  full, _ = report_of(steps, trace, events, max_deaths_per_layer=0)
+  report, extract = report_of(steps, trace, events, max_deaths_per_layer=12)
+  for layer in range(2):
+    in_layer = found.layer_D == layer
+    kept = extract.window_end_D[in_layer] >= 0
+    assert kept.sum() == 12 and np.sum(extract.window_end_D[in_layer] == deaths.NOT_SAMPLED) == 18
+    c = report["layers"][str(layer)]["counts"]
+    assert (c["deaths"], c["included"], c["excluded"], c["not_sampled"]) == (30, 12, 0, 18)
+    # Each null draws as many units as deaths analysed, and the sample's windows are the full run's.
+    assert len(report["layers"][str(layer)]["features"]["pre_mean_slope"]["null"]["samples"]) == 200
+  assert report["pooled"]["counts"]["not_sampled"] == 36 and full["pooled"]["counts"]["not_sampled"] == 0
+  assert report["pooled"]["reading"] == full["pooled"]["reading"] == "dynamics"
+  again = deaths.build_extract(steps, trace, found, dead_window=DEAD_WINDOW, active_threshold=0.0,
+                               max_deaths_per_layer=12)
+  other = deaths.build_extract(steps, trace, found, dead_window=DEAD_WINDOW, active_threshold=0.0,
+                               max_deaths_per_layer=12, seed=1)
+  assert np.array_equal(again.window_end_D, extract.window_end_D)
+  assert not np.array_equal(other.window_end_D >= 0, extract.window_end_D >= 0)
+  # The sample is part of the extract; an extract written before sampling existed reads as "every death".
+  arrays = extract.to_arrays()
+  assert int(arrays["max_deaths_per_layer"]) == 12
+  assert json.dumps(deaths.death_report(deaths.Extract.from_arrays(arrays), 200, 0)) == json.dumps(report)
+  del arrays["max_deaths_per_layer"]
+  assert deaths.Extract.from_arrays(arrays).max_deaths_per_layer == 0
+
+
 def test_planted_outlier_updates_give_a_large_update_ratio_and_the_reading_outliers():
   report, _ = report_of(*synthetic_run(1, "outliers"))
   s = report["pooled"]["features"]["update_ratio"]
@@ -475,8 +504,14 @@ def test_lensjax_deaths_refuses_bad_arguments_and_ensemble_roots(traced_run, tmp
   ensemble = tmp_path / "ensemble"
   ensemble.mkdir()
   (ensemble / "ensemble.json").write_text("{}")
-  cases = [(["--workdir", str(ensemble)], "pass one member's run directory"),
+  extract = str(tmp_path / "extract.npz")
+  assert cli.main(["deaths", "--workdir", traced_run, "--permutations", "20", "--extract", extract]) == 0
+  capsys.readouterr()
+  cases = [(["--from-extract", extract, "--max-deaths-per-layer", "5"],
+            f"{extract} was extracted with --max-deaths-per-layer 2000, not 5"),
+           (["--workdir", str(ensemble)], "pass one member's run directory"),
            (["--workdir", traced_run, "--window-points", "2"], "--window-points is 2"),
+           (["--workdir", traced_run, "--max-deaths-per-layer", "-1"], "--max-deaths-per-layer is -1"),
            (["--workdir", traced_run, "--extract", str(tmp_path / "missing" / "x.npz")], "does not exist"),
            ([], "reads one run or one extract"),
            (["--workdir", traced_run, "--no-such-option"], "takes no --no-such-option")]

@@ -248,6 +248,37 @@ def test_sigterm_saves_and_the_resumed_run_equals_the_straight_run(straight, tmp
   assert logged_metrics(workdir) == logged_metrics(straight_dir)
 
 
+@pytest.mark.parametrize("when", ["compiling", "final save"])
+def test_sigterm_while_compiling_or_writing_the_last_checkpoint_is_a_stop_request_not_a_kill(when, tmp_path,
+                                                                                            monkeypatch):
+  """Outside training a handler of the test's own records SIGTERM: if it is the one that sees the signal, the
+  trainer had left the signal's default action (death, the checkpoint half written) in place."""
+  workdir = str(tmp_path / "run")
+  config = CONFIG.updated({"train.steps": 45})  # 45: a final save after the one at 40
+  received = []
+  def send_sigterm_then(function):
+    def wrapped(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return function(*args, **kwargs)
+    return wrapped
+  if when == "compiling":
+    monkeypatch.setattr(loop, "compile_steps", send_sigterm_then(loop.compile_steps))
+  else:
+    final = loop.skipped_steps
+    monkeypatch.setattr(loop, "skipped_steps",
+                        lambda state: (send_sigterm_then(final) if int(np.max(state.step)) == 45 else final)(state))
+  previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
+  try:
+    state = loop.train(config, workdir)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert not received
+  if when == "compiling":  # stopped before the first step: nothing to save
+    assert int(state.step) == 0 and checkpoint_steps(workdir) == []
+  else:
+    assert int(state.step) == 45 and checkpoint_steps(workdir)[-1] == 45
+
+
 def test_sigterm_on_the_command_line_exits_0_with_a_checkpoint(tmp_path):
   config_file = write_config_file(tmp_path / "config.py", CONFIG)
   workdir = str(tmp_path / "run")

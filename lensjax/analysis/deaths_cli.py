@@ -1,5 +1,5 @@
 """`lensjax deaths --workdir RUN [--json [OUT.json]] [--extract OUT.npz] [--from-extract X.npz] [--window-points K]
-[--matches M] [--null-sample S] [--permutations N] [--level-candidates K] [--match-on {start,window-mean}]
+[--matches M] [--null-sample S] [--max-deaths-per-layer N] [--permutations N] [--level-candidates K] [--match-on {start,window-mean}]
 [--seed S]`: do FFN units die of the dynamics of training?
 
 Reads RUN/unit_trace/ (a run trained with --config.stats.unit_trace=true), RUN/neuron_events.jsonl and
@@ -22,7 +22,7 @@ from lensjax.analysis import deaths
 from lensjax.errors import InputError
 
 USAGE = ("pass --workdir RUN [--json [OUT.json]] [--extract OUT.npz] [--window-points K] [--matches M] "
-         "[--null-sample S] [--permutations N] [--level-candidates K] [--match-on {start,window-mean}] [--seed S], or --from-extract X.npz instead of --workdir")
+         "[--null-sample S] [--max-deaths-per-layer N] [--permutations N] [--level-candidates K] [--match-on {start,window-mean}] [--seed S], or --from-extract X.npz instead of --workdir")
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -41,6 +41,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
                       help=f"matched survivors per dying unit (default {deaths.DEFAULT_MATCHES})")
   parser.add_argument("--null-sample", type=int, default=None, metavar="S",
                       help=f"units per layer in the shuffled-time null's pool (default {deaths.DEFAULT_NULL_SAMPLE})")
+  parser.add_argument("--max-deaths-per-layer", type=int, default=None, metavar="N",
+                      help="analyse a uniform random sample of N of a layer's deaths when it has more (0: all; "
+                           f"default {deaths.DEFAULT_MAX_DEATHS_PER_LAYER})")
   parser.add_argument("--permutations", type=int, default=deaths.DEFAULT_PERMUTATIONS, metavar="N",
                       help=f"shuffles of the death times (default {deaths.DEFAULT_PERMUTATIONS})")
   parser.add_argument("--level-candidates", type=int, default=deaths.DEFAULT_LEVEL_CANDIDATES, metavar="K",
@@ -82,6 +85,7 @@ def _check_arguments(args) -> None:
   for name, value, least in (("--window-points", args.window_points, deaths.MIN_WINDOW_POINTS),
                              ("--matches", args.matches, 1), ("--null-sample", args.null_sample, 1),
                              ("--permutations", args.permutations, 1),
+                             ("--max-deaths-per-layer", args.max_deaths_per_layer, 0),
                              ("--level-candidates", args.level_candidates, 1)):
     if value is not None and value < least:
       raise InputError(f"{name} is {value}; it must be at least {least}.")
@@ -126,7 +130,9 @@ def extract_of_run(workdir: str, args) -> deaths.Extract:
   return deaths.build_extract(
       steps, trace, found, dead_window=config.stats.dead_window, active_threshold=config.model.active_threshold,
       window_points=args.window_points or deaths.DEFAULT_WINDOW_POINTS, matches=args.matches or deaths.DEFAULT_MATCHES,
-      null_sample=args.null_sample or deaths.DEFAULT_NULL_SAMPLE, seed=args.seed)
+      null_sample=args.null_sample or deaths.DEFAULT_NULL_SAMPLE, seed=args.seed,
+      max_deaths_per_layer=(deaths.DEFAULT_MAX_DEATHS_PER_LAYER if args.max_deaths_per_layer is None
+                            else args.max_deaths_per_layer))
 
 
 def read_trace(files: list[tuple[int, str]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -160,7 +166,8 @@ def read_extract(path: str, args) -> deaths.Extract:
                      "--extract.") from None
   for name, value, fixed in (("--window-points", args.window_points, extract.window_points),
                              ("--matches", args.matches, extract.matches),
-                             ("--null-sample", args.null_sample, extract.null_sample)):
+                             ("--null-sample", args.null_sample, extract.null_sample),
+                             ("--max-deaths-per-layer", args.max_deaths_per_layer, extract.max_deaths_per_layer)):
     if value is not None and value != fixed:
       raise InputError(f"{path} was extracted with {name} {fixed}, not {value}; extract the run again with "
                        f"{name} {value} or drop the option.")

@@ -279,14 +279,18 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   saved_step = start_step
   probes = probe_batches(run)
   periodic = periodic_analyses_of(run, periodic)
-  if start_step < total:
-    plain_step, logging_step = compile_steps(run, state)
-    parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
+  # SIGTERM is a stop request from here to the last save: one arriving while the steps compile, or while the
+  # final checkpoint is written, must not kill the process with that checkpoint half done or never begun.
   with Preemption() as preemption:
+    if start_step < total:
+      plain_step, logging_step = compile_steps(run, state)
+      parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
     for step in range(start_step, total):
       preempted = preemption.reached(step)
       if preempted or step == stop_at_step:
-        log(f"{'SIGTERM' if preempted else 'stop requested'}: saving a checkpoint at step {step}")
+        why = "SIGTERM" if preempted else "stop requested"
+        log(f"{why}: saving a checkpoint at step {step}" if step != saved_step else
+            f"{why}: stopping at step {step}, nothing trained since {'the checkpoint' if step else 'the start'}")
         break
       is_log = step % log_every == 0 or step == total - 1
       batch = device_batch(run, step)
@@ -308,13 +312,13 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
         check_finite(skipped_steps(state))  # never save a state past a non-finite step
         checkpoints.save(step + 1, state, meta)
         saved_step = step + 1
-  check_finite(logger.flush())
-  logger.close()
-  final_step = int(np.max(jax.device_get(state.step)))
-  if final_step != saved_step:
-    check_finite(skipped_steps(state))
-    checkpoints.save(final_step, state, meta)
-  checkpoints.close()
+    check_finite(logger.flush())
+    logger.close()
+    final_step = int(np.max(jax.device_get(state.step)))
+    if final_step != saved_step:
+      check_finite(skipped_steps(state))
+      checkpoints.save(final_step, state, meta)
+    checkpoints.close()
   log(f"done at step {final_step}; run director{'ies' if explicit else 'y'} "
        f"{', '.join(run_dirs) if explicit else workdir}")
   return state
