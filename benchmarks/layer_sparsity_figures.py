@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lensjax.analysis.deaths import first_deaths  # noqa: E402
 from lensjax.report.intervals import mean_interval  # noqa: E402
 
 END_POINTS = 5  # logged values averaged for "end of training" (steps 1,060 to 1,099 at log_every 10)
@@ -38,6 +39,7 @@ LAYER_STYLES = [("#1f77b4", "-", "o"), ("#d62728", "--", "s"), ("#2ca02c", "-.",
                 ("#ff7f0e", "-", "v"), ("#17becf", "--", "x")]  # layer 0 and 1 in blue and red: never one shade
 QUANTILES = ("p10", "p50", "p90", "p99")
 DEATH_FEATURES = ("pre_mean_slope", "frequency_slope", "update_ratio")
+EARLY_STEP = 500  # "stopped firing early": the last step a dying unit fired (s_last) is before this one
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,10 +211,11 @@ def loss_table(widths: dict) -> tuple[str, dict]:
 
 def death_table(widths: dict) -> tuple[str, dict]:
   """Per width and member (pooled over layers): deaths analysed, per feature the paired difference from
-  matched survivors with Cohen's d_z and the permutation p-value, and `lensjax deaths`' reading."""
+  matched survivors with Cohen's d_z and the permutation p-value, `lensjax deaths`' reading, and the fraction of
+  first deaths whose unit last fired before EARLY_STEP (from neuron_events.jsonl)."""
   lines = ["| d_ff | member | deaths (analysed) | " + " | ".join(
-      f"{f}: dying − matched, d_z | {f}: p" for f in DEATH_FEATURES) + " | reading |",
-      "|" + "---|" * (4 + 2 * len(DEATH_FEATURES))]
+      f"{f}: dying − matched, d_z | {f}: p" for f in DEATH_FEATURES) + f" | reading | last fired before step "
+      f"{EARLY_STEP} |", "|" + "---|" * (5 + 2 * len(DEATH_FEATURES))]
   numbers = {}
   for width, members in widths.items():
     for index, member in members.items():
@@ -225,9 +228,13 @@ def death_table(widths: dict) -> tuple[str, dict]:
         diff, d, p = matched.get("mean_difference"), matched.get("cohens_d"), null.get("p_value")
         cells.append("n/a" if diff is None else f"{diff:.3g}, " + ("n/a" if d is None else f"{d:.2f}"))
         cells.append("n/a" if p is None else f"{p:.3g}")
+      last_fired = first_deaths(member.get("events", [])).last_fired_D
+      early = float(np.mean((last_fired >= 0) & (last_fired < EARLY_STEP))) if len(last_fired) else None
       lines.append(f"| {width:,} | {index} | {counts.get('deaths', 0)} ({counts.get('included', 0)}) | "
-                   + " | ".join(cells) + f" | {pooled.get('reading', 'n/a')} |")
-      numbers[f"{width}/{index}"] = {"counts": counts, "reading": pooled.get("reading"), "features": {
+                   + " | ".join(cells) + f" | {pooled.get('reading', 'n/a')} | "
+                   + ("n/a" if early is None else f"{early:.3f}") + " |")
+      numbers[f"{width}/{index}"] = {"counts": counts, "reading": pooled.get("reading"),
+                                     "last_fired_before_early_step": early, "features": {
           f: {k: v for k, v in pooled.get("features", {}).get(f, {}).items() if k != "null"}
           | {"null": {k: v for k, v in pooled.get("features", {}).get(f, {}).get("null", {}).items()
                       if k != "samples"}} for f in DEATH_FEATURES}}
