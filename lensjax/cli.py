@@ -1,16 +1,20 @@
 """`lensjax <command>`: the command-line entry point.
 
-Exit codes: 0 success; 2 bad input (config, arguments, data, checkpoint), with
-the reason on stderr; 3 training halted on a non-finite loss or gradient;
-anything else non-zero is a bug or a crash.
+Exit codes (README, "Exit codes and faults"): 0 success, or a stop on SIGTERM;
+1 a checkpoint could not be written (a full disk); 2 bad input (config,
+arguments, data, run directory, checkpoint), with the reason on stderr; 3
+training halted (a non-finite step under nan_policy=halt, or more than
+train.max_skipped skipped in a row under skip); anything else is a bug or a crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from lensjax.errors import CheckpointWriteError, InputError, TrainingHalted
+from lensjax.signals import SigtermFlag
 
 
 def _train(args, extra: list[str]) -> int:
@@ -80,6 +84,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  # A preempted job often gets SIGTERM while it is still starting (importing JAX, reading data, compiling): from
+  # here on, for `train`, SIGTERM is a request to stop that the train loop honours, not the end of the process.
+  early_sigterm = SigtermFlag() if argv[:1] == ["train"] else contextlib.nullcontext()
+  with early_sigterm:
+    return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
   args, extra = parser().parse_known_args(argv)
   try:
     return args.handler(args, extra)

@@ -29,6 +29,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lensjax.config import Config  # noqa: E402
@@ -103,3 +104,18 @@ def preempted_sources(make_source, at_step: int, only=lambda config: True):
     return source
 
   return make
+
+
+def damage(directory, how: str) -> None:
+  """Truncates every file under `directory` to half its size, or overwrites 16 bytes in its middle."""
+  rng = np.random.default_rng(0)
+  files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+  assert files, directory
+  for path in files:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+      if how == "truncate":
+        f.truncate(size // 2)
+      else:
+        f.seek(max(size // 2 - 8, 0))
+        f.write(rng.integers(0, 256, 16, dtype=np.uint8).tobytes())

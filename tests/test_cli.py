@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import make_tiny_config, popen_cli, write_config_file
+from lensjax.io import run_lock
 
 TRAIN = ["train", "--config", "{config}", "--workdir", "{workdir}"]
 
@@ -32,10 +33,11 @@ CASES = {
 
 
 def snapshot(directory) -> dict[str, tuple[str, int]]:
-  """Every file and folder under `directory`, with content hash and mtime."""
+  """Every file and folder under `directory`, with content hash and mtime, but the run directory's lock (each
+  trainer that starts takes it and writes its name there, refused or not)."""
   state = {}
   for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
+    for name in dirs + [f for f in files if f != run_lock.LOCK_NAME]:
       path = os.path.join(root, name)
       digest = ""
       if os.path.isfile(path):

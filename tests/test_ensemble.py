@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config, preempted_sources, write_config_file
+from conftest import damage, make_tiny_config, preempted_sources, write_config_file
 from lensjax import cli
 from lensjax import config as config_lib
 from lensjax.analysis.common import load_checkpoint_run
-from lensjax.errors import TrainingHalted
+from lensjax.errors import InputError, TrainingHalted
 from lensjax.io.metrics_log import read_metrics
 from lensjax.train import loop
 from lensjax.train.ensemble import member_of
@@ -134,6 +135,25 @@ def test_a_member_left_behind_by_an_interrupted_save_is_caught_up(ensemble, tmp_
   assert all(steps(i)[-1] == STEPS for i in range(MEMBERS))
   for got, want in zip(jax.tree.leaves(resumed), jax.tree.leaves(state)):
     assert np.array_equal(got, want)
+
+
+def test_members_without_a_common_readable_step_lose_no_checkpoint(tmp_path, capfd):
+  """Member 2 lacks the only step the others have: theirs are set aside, not deleted, and the ensemble starts
+  again. A common step that reads back in no member stops the run with exit 2 and deletes nothing."""
+  run_dir = str(tmp_path / "run")
+  config = ensemble_config(**{"checkpoint.save_every": 1000})
+  folder = lambda i: os.path.join(run_dir, f"member_{i}", "checkpoints")
+  loop.train(config, run_dir, stop_at_step=20)
+  shutil.rmtree(os.path.join(folder(2), "20"))
+  loop.train(config, run_dir, stop_at_step=10)
+  assert "no checkpoint step is common to every member" in capfd.readouterr().err
+  assert [sorted(os.listdir(folder(i))) for i in range(MEMBERS)] == [["10", "20.unreadable"]] * 2 + [["10"]]
+  for i in range(MEMBERS):
+    damage(os.path.join(folder(i), "10"), "truncate")
+  before = [sorted(os.listdir(folder(i))) for i in range(MEMBERS)]
+  with pytest.raises(InputError, match=r"no checkpoint step that every member has could be read .*\[10\]"):
+    loop.train(config, run_dir)
+  assert [sorted(os.listdir(folder(i))) for i in range(MEMBERS)] == before
 
 
 def test_freeze_keeps_the_other_members_when_one_diverges(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config, run_cli, write_config_file
+from lensjax import cli
 from lensjax import config as config_lib
 from lensjax import parallel
 from lensjax.errors import InputError, TrainingHalted
+from lensjax.io import progress
 from lensjax.stats.dead_units import neuron_events
-from lensjax.train import loop
+from lensjax.train import guards, loop
 
 
 def host(tree):
@@ -51,6 +54,52 @@ def test_skip_counts_the_skipped_steps_and_keeps_parameters_finite(tmp_path):
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(host(state.params)))
   records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert records[-1]["train/skipped_steps"] == skipped
+
+
+def test_skip_halts_with_exit_3_once_more_than_max_skipped_updates_in_a_row_are_skipped(tmp_path, capsys):
+  config_file = write_config_file(tmp_path / "explosive.py", explosive_config(**{
+      "train.nan_policy": "skip", "train.max_skipped": 3, "checkpoint.save_every": 100}))
+  assert cli.main(["train", "--config", str(config_file), "--workdir", str(tmp_path / "run")]) == 3
+  err = capsys.readouterr().err
+  halted = [line for line in err.splitlines() if line.startswith("lensjax: halted:")]
+  assert len(halted) == 1 and "4 updates in a row were skipped" in halted[0], err
+  assert "train.max_skipped=3" in halted[0] and "nothing after the last checkpoint was saved" in halted[0]
+  assert not os.path.isdir(tmp_path / "run" / "checkpoints" / "12")
+
+
+class _Counts:
+  """A stand-in for the train state and the run, as SkipStreak reads them."""
+
+  def __init__(self, skipped, ensemble):
+    self.skipped_steps, self.ensemble = np.asarray(skipped), ensemble
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_skip_streak_counts_updates_skipped_in_a_row_one_step_late_and_per_member(members):
+  # Cumulative skipped counts after each step. Member 0 skips steps 1, 3 and 4 (never more than 2 in a row);
+  # member 1 skips steps 1 to 3 (3 in a row: allowed) and 5 to 8 (4 in a row: one more than max_skipped).
+  member_0 = [0, 1, 1, 2, 3, 3, 3, 3, 3]
+  member_1 = [0, 1, 2, 3, 3, 4, 5, 6, 7]
+  counts = np.stack([member_0, member_1], axis=1) if members == 2 else np.asarray(member_0)
+  start = _Counts(np.zeros(members, np.int32) if members == 2 else 0, members == 2)
+  streak = guards.SkipStreak(3, start, start)
+  for step, count in enumerate(counts):
+    streak.update(step, count)  # looks at step - 1: no halt before step 8 has been looked at
+  if members == 1:
+    streak.finish()
+  else:
+    with pytest.raises(TrainingHalted, match=r"member 1 of the ensemble: 4 updates in a row were skipped for a "
+                                             r"non-finite loss or gradient \(steps 5 to 8; train.max_skipped=3\)"):
+      streak.finish()
+
+
+def test_the_progress_line_shows_the_skipped_updates():
+  stream = io.StringIO()
+  line = progress.Progress("lines", 10, 0, stream=stream)
+  line.update(3, {"train/loss": 2.5, "train/skipped_steps": 0.0})
+  line.update(4, {"train/loss": 2.5, "train/skipped_steps": 2.0})
+  first, second = stream.getvalue().splitlines()
+  assert "skipped" not in first and "skipped 2" in second
 
 
 def test_resume_with_another_model_shape_exits_2_naming_the_keys(tmp_path):

@@ -45,7 +45,8 @@ def load_checkpoint_run(workdir: str, step: int | None = None) -> LoadedRun:
     raise InputError(f"{workdir!r} holds no config.json; pass the --workdir of a lensjax train run.")
   config = loop.prepare(config_lib.load_json(config_path))
   from lensjax.train.state import MIGRATE
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE,
+                            reader=True)
   try:
     steps = checkpoints.steps()
     if not steps:

@@ -105,7 +105,8 @@ def is_logging_step(config, step: int) -> bool:
 def restore_at_or_before(run, workdir: str, step: int):
   """`(start, state)`: the newest readable checkpoint at or before `step`, else the initial state at 0."""
   from lensjax.train.state import MIGRATE
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE,
+                            reader=True)
   try:
     for saved in reversed([s for s in checkpoints.steps() if s <= step]):
       try:

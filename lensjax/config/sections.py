@@ -78,6 +78,7 @@ class TrainConfig:
   batch_size: int = 32  # global, across all devices and processes
   seed: int = 0  # initialisation and dropout (data order: data.seed)
   nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update | freeze (members > 1)
+  max_skipped: int = 20  # nan_policy=skip: halt (exit 3) when more updates than this are skipped in a row; 0: never
   members: int = 1  # >1: an ensemble of runs that differ in their seeds, trained as one vmapped program
   vary: str = "init+data+target"  # what member i's seeds (base + i) vary: any of init, data (order), target, joined by +
 
@@ -247,12 +248,26 @@ def from_dict(values: dict) -> Config:
   return dataclasses.replace(config, **sections)
 
 
-# Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG); the
-# lenses add the keys of theirs (`Lens.resume_keys`). The rest (steps, logging and checkpoint intervals, learning
-# rate, ...) may change on resume.
+# Optimiser keys that shape the optimiser's state only through a switch: when it is on, the optax chain of
+# `lensjax.train.optim.make_optimizer` has one more part (the part's own value, a clipping norm or a decay rate, may
+# change on resume; turning the part on or off may not). Each switch reads the config as nested dicts.
+# tests/test_resume_structure.py checks them against the states the optimisers build.
+STATE_SWITCHES = {
+    "optim.clip_norm": lambda c: c["optim"]["clip_norm"] > 0,  # clip_by_global_norm leads the chain
+    # adam, sgd: coupled decay (add_decayed_weights); adafactor: its own decay part; adamw's chain always has one.
+    "optim.weight_decay": lambda c: c["optim"]["weight_decay"] > 0 and c["optim"]["name"] != "adamw",
+    "optim.momentum": lambda c: bool(c["optim"]["momentum"]) and c["optim"]["name"] == "sgd",  # sgd's trace
+}
+
+# Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG): the
+# model's shape (all of model.* but how it computes: dropout, attention kernel, remat, compute dtype), the data's
+# vocabulary and law, the optimiser and its switches, the initialisation seed. The lenses add the keys of theirs
+# (`Lens.resume_keys`); train.members is the run directory's layout (`lensjax.train.loop.check_members`). The rest
+# (steps, logging and checkpoint intervals, learning rate, ...) may change on resume.
 STATE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
                    if f.name not in ("dropout", "attention", "remat", "dtype")) + (
-                       "data.source", "data.vocab_size", "data.markov_order", "optim.name", "train.seed")
+                       "data.source", "data.vocab_size", "data.markov_order", "optim.name") + tuple(
+                           STATE_SWITCHES) + ("train.seed",)
 
 
 def resolve(config: Config, platform: str) -> Config:

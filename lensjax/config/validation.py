@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 
 from lensjax.config.ensemble import VARY, vary_parts
-from lensjax.config.sections import CHOICES, STATE_KEYS, Config, to_dict
+from lensjax.config.sections import CHOICES, STATE_KEYS, STATE_SWITCHES, Config, to_dict
 from lensjax.errors import InputError
 
 
@@ -107,9 +108,12 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
       _check(m.vocab_size > 0, "data.source=tokens with a .bin file needs model.vocab_size (the tokenizer's vocabulary); "
              "pass --config.model.vocab_size=N.")
   if d.source in ("bytes", "tokens") and d.path:
+    accepted = "an existing file" + (" or prepared directory" if d.source == "tokens" else "")
+    _check(not (d.source == "bytes" and os.path.isdir(d.path)),
+           f"data.path {d.path!r} is a directory; data.source=bytes reads one text file: pass a file (or "
+           "data.source=tokens with a directory of `lensjax prepare`).")
     _check(os.path.isfile(d.path) or (d.source == "tokens" and os.path.isdir(d.path)),
-           f"data file {d.path!r} (data.path) does not exist; pass an existing file"
-           + (" or prepared directory." if d.source == "tokens" else "."))
+           f"data file {d.path!r} (data.path) does not exist; pass {accepted}.")
 
 
 def _validate_probes(config: Config, device_count: int) -> None:
@@ -145,6 +149,8 @@ def _validate_ensemble(config: Config) -> None:
   _check(all(wd >= 0 and math.isfinite(wd) for wd in o.weight_decay_per_member),
          f"config key optim.weight_decay_per_member is {list(o.weight_decay_per_member)}; every weight decay must "
          "be zero or positive.")
+  _check(t.max_skipped >= 0, f"config key train.max_skipped is {t.max_skipped}; it must be 0 (no limit) or a "
+                             "positive number of updates.")
   if t.nan_policy == "freeze":
     _check(t.members > 1, "train.nan_policy=freeze keeps the other members of an ensemble going; with "
                           "train.members=1 use halt or skip.")
@@ -153,13 +159,35 @@ def _validate_ensemble(config: Config) -> None:
                                       "parallel.fsdp=1 (ensembles are for models small enough to replicate).")
 
 
-def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:
-  """The `keys` whose value in a checkpoint's config differs from `config`'s."""
+def resume_differences(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[tuple]:
+  """`(key, checkpoint's value, config's value)` for each of `keys` on which a checkpoint's config (`saved`, nested
+  dicts as its metadata holds them) and `config` disagree: in value, or for a key of STATE_SWITCHES, in its switch."""
   current = to_dict(config)
-  conflicts = []
+  # A key the checkpoint predates takes config's value: it cannot conflict (as older runs could not set it).
+  filled = {section: {**values, **saved.get(section, {})} for section, values in current.items()}
+  plain = lambda value: list(value) if isinstance(value, tuple) else value  # JSON gives back lists
+  differences = []
   for key in keys:
     section, name = key.split(".")
-    old, new = saved.get(section, {}).get(name), current[section][name]
-    if old is not None and old != new:
-      conflicts.append(f"{key} (checkpoint {old!r}, config {new!r})")
-  return conflicts
+    old, new = filled[section][name], current[section][name]
+    switch = STATE_SWITCHES.get(key)
+    differs = (switch(filled) != switch(current)) if switch else (plain(old) != plain(new))
+    if differs:
+      differences.append((key, old, new))
+  return differences
+
+
+def resume_conflicts(saved: dict, config: Config, keys: tuple[str, ...] = STATE_KEYS) -> list[str]:
+  """`resume_differences` as `KEY (checkpoint OLD, config NEW)`."""
+  return [f"{key} (checkpoint {old!r}, config {new!r})" for key, old, new in resume_differences(saved, config, keys)]
+
+
+def override_flag(key: str, value) -> str:
+  """The command-line override that sets `key` to `value`: `--config.optim.clip_norm=0.0`."""
+  if isinstance(value, bool):
+    text = "true" if value else "false"
+  elif isinstance(value, (list, tuple)):
+    text = "[" + ",".join(repr(v) for v in value) + "]"
+  else:
+    text = str(value)
+  return shlex.quote(f"--config.{key}={text}")

@@ -32,6 +32,8 @@ class Progress:
     for key, label in (("train/loss", "loss"), ("eval/loss", "eval"), ("perf/tokens_per_s", "tok/s")):
       if key in metrics:
         parts.append(f"{label} {metrics[key]:.4g}" if label != "tok/s" else f"{label} {metrics[key]:,.0f}")
+    if metrics.get("train/skipped_steps", 0) > 0:  # nan_policy=skip: how many updates were skipped so far
+      parts.append(f"skipped {metrics['train/skipped_steps']:,.0f}")
     parts.append(f"ETA {_duration(eta)}")
     line = "  ".join(parts)
     if self.live:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from lensjax.config import Config, to_dict
+from lensjax.errors import InputError
 from lensjax.io.checkpoints import Checkpoints, meta_of
 from lensjax.train import optim
 from lensjax.train.step import train_step
@@ -107,17 +108,27 @@ class EnsembleCheckpoints:
     # A member's state without the member axis; ensembles replicate the state, so any rank takes the sharding.
     abstract_member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=x.sharding),
                                    abstract_state)
+    failed = []
     for step in reversed(self._common_steps()):
       try:
         states = [part.restore(step, abstract_member) for part in self.parts]
       except Exception as e:  # a truncated write in one member: an older common step
+        failed.append(step)
         print(f"warning: the ensemble's checkpoint {step} is unreadable in a member ({type(e).__name__}); "
               "trying an older one.", file=sys.stderr)
         continue
       self._drop_after(step)
       return step, jax.device_put(stack(states), jax.tree.map(lambda x: x.sharding, abstract_state))
+    if failed:  # nothing is deleted when no common step reads back: that is for a person to decide
+      raise InputError(f"no checkpoint step that every member has could be read in {self.directory} (tried "
+                       f"{failed}); remove the members' checkpoints/ folders to start afresh.")
     if any(part.steps() for part in self.parts):
-      self._drop_after(-1)
+      # No step every member has: the first save of the ensemble was interrupted. The members' lone
+      # checkpoints are set aside (STEP.unreadable), never deleted, and the ensemble starts again.
+      print(f"warning: no checkpoint step is common to every member in {self.directory}; the members' own "
+            "checkpoints are kept as STEP.unreadable and the ensemble starts from step 0.", file=sys.stderr)
+      for part in self.parts:
+        part.set_aside(part.steps())
     return None, None
 
   def _drop_after(self, step: int) -> None:

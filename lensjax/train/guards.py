@@ -11,6 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
+from lensjax.errors import TrainingHalted
 from lensjax.io.metrics_log import truncate_after
 from lensjax.io.step_arrays import drop_step_arrays_after
 from lensjax.signals import SigtermFlag
@@ -39,6 +40,48 @@ def halt_message(run, state, checkpoints) -> str:
           f"optim.clip_norm, or pass --config.train.nan_policy=skip to skip such steps{fix}.")
 
 
+class SkipStreak:
+  """Under nan_policy=skip, the updates skipped in a row, read one step late: each step's cumulative
+  `train/skipped_steps` (per member) is fetched after the next step is dispatched, so the device never waits.
+  More than `limit` in a row is a run that has diverged, not an occasional overflow: TrainingHalted (exit 3).
+  A resumed run counts from 0 again."""
+
+  def __init__(self, limit: int, run, state):
+    self.limit, self.run = limit, run
+    self._pending = None  # (step, device array) of the last step dispatched
+    self._count = np.atleast_1d(np.asarray(jax.device_get(state.skipped_steps), np.int64))  # before that step
+    self._streak = np.zeros_like(self._count)  # per member: skipped updates in a row so far
+    self._first = np.full_like(self._count, -1)  # per member: the first step of the current streak
+
+  def update(self, step: int, skipped) -> None:
+    """Queues step `step`'s cumulative count and looks at the previous one."""
+    self._look()
+    self._pending = (step, skipped)
+
+  def finish(self) -> None:
+    self._look()
+    self._pending = None
+
+  def _look(self) -> None:
+    if self._pending is None:
+      return
+    step, skipped = self._pending
+    count = np.atleast_1d(np.asarray(jax.device_get(skipped), np.int64))
+    grew = count > self._count
+    self._first = np.where(grew & (self._streak == 0), step, self._first)
+    self._streak = np.where(grew, self._streak + 1, 0)
+    self._count = count
+    over = np.flatnonzero(self._streak > self.limit)
+    if over.size:
+      member = int(over[0])
+      who = f"member {member} of the ensemble: " if self.run.ensemble else ""
+      raise TrainingHalted(
+          f"{who}{int(self._streak[member])} updates in a row were skipped for a non-finite loss or gradient "
+          f"(steps {int(self._first[member])} to {step}; train.max_skipped={self.limit}), so the run has diverged "
+          "and nothing after the last checkpoint was saved. Lower optim.lr or optim.clip_norm and resume or start "
+          "again, or raise --config.train.max_skipped (0: no limit) if such stretches are expected.")
+
+
 class Preemption(SigtermFlag):
   """Turns SIGTERM into a stop between steps.
 
@@ -51,6 +94,10 @@ class Preemption(SigtermFlag):
   def __init__(self):
     super().__init__()
     self._agreed = jax.distributed.is_initialized()
+
+  def requested_before_start(self) -> bool:
+    """Whether this process already knows it is to stop (one process only: several agree at a step)."""
+    return not self._agreed and self.requested
 
   def reached(self, step: int) -> bool:
     """Whether to stop before `step`; every process asks at every step."""

@@ -10,18 +10,22 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import time
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
 from lensjax import parallel, perf
+from lensjax.config.validation import override_flag
 from lensjax.data.factory import make_source
 from lensjax.data.prepared import with_prepared_vocab
-from lensjax.errors import TrainingHalted
+from lensjax.errors import InputError, TrainingHalted
+from lensjax.io import run_lock
 from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
 from lensjax.io.run_logger import EnsembleLogger, RunLogger
 from lensjax.model import has_ffn
@@ -30,8 +34,10 @@ from lensjax.stats.lens import Lens, resume_keys, stateful_names
 from lensjax.stats.persistence import probe_persistence
 from lensjax.stats.sparsity import heldout_overlap
 from lensjax.train import optim
-from lensjax.train.guards import Preemption, first_bad_steps, halt_message, log, prepare_run_dirs, skipped_steps
-from lensjax.train.ensemble import EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of, write_ensemble_file
+from lensjax.train.guards import (Preemption, SkipStreak, first_bad_steps, halt_message, log, prepare_run_dirs,
+                                  skipped_steps)
+from lensjax.train.ensemble import (ENSEMBLE_FILE, EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of,
+                                    write_ensemble_file)
 from lensjax.train.state import MIGRATE, create_state
 from lensjax.train.step import eval_step, jit_train_step, model_for, probe_step
 
@@ -81,23 +87,22 @@ class Periodic:
   make: Callable[[Run], Callable]
 
 
-def build(config: config_lib.Config, mesh=None, members: Sequence[config_lib.Config] | None = None) -> Run:
-  """Builds sources, model, optimiser, initial state and compiled steps; `members`: an ensemble's solo configs
-  (default `member_configs(config)`)."""
+def build(config: config_lib.Config, mesh=None, members: Sequence[config_lib.Config] | None = None,
+          sources: Sequence | None = None) -> Run:
+  """Builds sources (unless given, one per member), model, optimiser, initial state and compiled steps;
+  `members`: an ensemble's solo configs (default `member_configs(config)`)."""
   mesh = mesh or parallel.make_mesh(fsdp=config.parallel.fsdp)
   members = list(members or config_lib.member_configs(config))
   ensemble = config.train.members > 1
-  sources = [make_source(member) for member in members]
+  sources = list(sources) if sources is not None else [make_source(member) for member in members]
   train_lenses, eval_lenses = lens_lib.train_lenses(config), lens_lib.eval_lenses(config)
   probe_lenses, probe_train_lenses = lens_lib.probe_lenses(config), lens_lib.probe_lenses(config, "probe_train/")
   every_step = tuple(lens for lens in train_lenses if lens.every_step)
   model_plain, model_logging = model_for(config.model, every_step), model_for(config.model, train_lenses)
-  tx, schedule = optim.make_optimizer(members[0].optim, config.train.steps)
+  tx, schedule = run_optimizer(config, members)
   replicated = parallel.replicated(mesh)
   batch_sharding = parallel.member_batch_sharding(mesh) if ensemble else parallel.batch_sharding(mesh)
-  init_one = lambda seed: create_state(model_plain, tx, config.data.seq_len, seed, train_lenses)
-  seeds = jnp.asarray([member.train.seed for member in members], jnp.int32)
-  init = (lambda: jax.vmap(init_one)(seeds)) if ensemble else (lambda: init_one(members[0].train.seed))
+  init = state_init(config, members, model_plain, tx, train_lenses)
   state_sharding = parallel.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=state_sharding)()
   parts = dict(nan_policy=config.train.nan_policy)
@@ -128,6 +133,37 @@ def build(config: config_lib.Config, mesh=None, members: Sequence[config_lib.Con
              probe_fn, schedule, train_lenses + eval_lenses + probe_lenses + probe_train_lenses)
 
 
+def run_optimizer(config: config_lib.Config, members: Sequence[config_lib.Config]):
+  """`(tx, schedule)` whose `tx.init` lays out the run's optimiser state.
+
+  In an ensemble, the chain has the coupled weight-decay part when any member decays (as the vmapped step's
+  optimisers have, `ensemble_step_fn`), so that the state it initialises is the one the step updates.
+  """
+  decays = any(member.optim.weight_decay > 0 for member in members)
+  return optim.make_optimizer(members[0].optim, config.train.steps, decays=decays)
+
+
+def state_init(config: config_lib.Config, members: Sequence[config_lib.Config], model, tx,
+               lenses: Sequence[Lens]) -> Callable[[], object]:
+  """`init() -> TrainState`: the initial state from each member's train.seed, stacked along a leading member axis
+  in an ensemble."""
+  init_one = lambda seed: create_state(model, tx, config.data.seq_len, seed, lenses)
+  if config.train.members == 1:
+    return lambda: init_one(members[0].train.seed)
+  seeds = jnp.asarray([member.train.seed for member in members], jnp.int32)
+  return lambda: jax.vmap(init_one)(seeds)
+
+
+def abstract_state(config: config_lib.Config, members: Sequence[config_lib.Config] | None = None):
+  """The shapes and dtypes of the train state a (prepared) config builds, traced as `build` builds it, without
+  computing it: the layout its checkpoints hold."""
+  members = list(members or config_lib.member_configs(config))
+  train_lenses = lens_lib.train_lenses(config)
+  model = model_for(config.model, tuple(lens for lens in train_lenses if lens.every_step))
+  tx, _ = run_optimizer(config, members)
+  return jax.eval_shape(state_init(config, members, model, tx, train_lenses))
+
+
 def member_run(run: Run, i: int) -> Run:
   """Member i of an ensemble as a solo Run (its config, source and schedule; the compiled steps stay the
   ensemble's): what a periodic analysis of that member is built from."""
@@ -155,6 +191,47 @@ def periodic_analyses_of(run: Run, periodic: Sequence[Periodic]) -> list[tuple[i
 def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
   """The config keys a checkpoint must share with this run: the state's own and those of its lenses."""
   return config_lib.STATE_KEYS + resume_keys(lens_lib.train_lenses(config))
+
+
+def trained_members(workdir: str) -> int | None:
+  """The train.members of the checkpoints in `workdir`: N for an ensemble's (in WORKDIR/member_<i>/, N as its
+  ensemble.json says), 1 for a solo run's (WORKDIR/checkpoints/), None when it holds none."""
+  has_steps = lambda directory: os.path.isdir(directory) and any(
+      name.isdigit() and os.path.isdir(os.path.join(directory, name)) for name in os.listdir(directory))
+  indices = [int(name[len("member_"):]) for name in (os.listdir(workdir) if os.path.isdir(workdir) else [])
+             if re.fullmatch(r"member_\d+", name) and has_steps(os.path.join(workdir, name, "checkpoints"))]
+  if indices:
+    try:
+      with open(os.path.join(workdir, ENSEMBLE_FILE)) as f:
+        return int(json.load(f)["members"])
+    except (OSError, ValueError, KeyError, TypeError):  # no record (killed before it was written): the directories
+      return max(indices) + 1
+  return 1 if has_steps(os.path.join(workdir, "checkpoints")) else None
+
+
+def check_members(workdir: str, config: config_lib.Config) -> None:
+  """Raises InputError, before anything is written, when `workdir` holds the checkpoints of a run with another
+  train.members: every leaf of the state would gain or lose members along its leading axis, and the members' run
+  directories would not match (an ensemble's resume deletes member checkpoints past the newest step all share)."""
+  saved, members = trained_members(workdir), config.train.members
+  if saved is None or saved == members:
+    return
+  alone = f" (or --workdir {member_dirs(workdir, 1)[0]} to continue member 0 alone)" if members == 1 else ""
+  raise InputError(f"the checkpoints in {workdir} come from a run of another size: train.members (checkpoint "
+                   f"{saved}, config {members}); pass {override_flag('train.members', saved)} "
+                   f"to resume them{alone}, or use a new --workdir to train with this config.")
+
+
+def check_layouts(checkpoints, abstract, ensemble: bool) -> None:
+  """Raises InputError when the checkpoints hold a state of another layout than `abstract` (the run's, with the
+  member axis in an ensemble), whichever config key made it so: refused, never taken for unreadable and set aside
+  (nor, in an ensemble, deleted for want of a step every member restores)."""
+  if not ensemble:
+    checkpoints.check_layout(abstract)
+    return
+  one_member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract)
+  for part in checkpoints.parts:
+    part.check_layout(one_member)
 
 
 def device_batch(run: Run, step: int, split: str = "train", rows: int | None = None):
@@ -226,19 +303,77 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   cost nothing on other steps (`lensjax.runner` chooses them from the config).
   An ensemble (`train.members` > 1) writes one run directory per member,
   WORKDIR/member_<i>/, or into `run_dirs` when it is given its `members`' configs (`config_lib.ensemble_of`).
+  Each run directory is locked while the run lasts (lensjax.io.run_lock): a second trainer is refused.
   """
-  config = prepare(config)
-  ensemble, explicit = config.train.members > 1, members is not None
-  members = [prepare(member) for member in members] if explicit else config_lib.member_configs(config)
-  run_dirs = list(run_dirs) if explicit else member_dirs(workdir, len(members)) if ensemble else [workdir]
+  # SIGTERM is a stop request from here on: one that comes while the run starts, compiles or writes its last
+  # checkpoint stops it cleanly, with what there is saved, instead of killing it halfway.
+  with Preemption() as preemption:
+    config = prepare(config)
+    explicit = members is not None
+    members = [prepare(member) for member in members] if explicit else config_lib.member_configs(config)
+    run_dirs = (list(run_dirs) if explicit else member_dirs(workdir, len(members)) if config.train.members > 1
+                else [workdir])
+    if not explicit:  # given run directories are the members' own, each checked against its config
+      check_members(workdir, config)
+    # The data are read and checked before anything is written: bad input leaves no run directory behind.
+    sources = [make_source(member) for member in members]
+    locks = claim_run_dirs(run_dirs)
+    try:
+      return _train(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption)
+    finally:
+      for lock in locks:
+        lock.release()
+
+
+def claim_run_dirs(run_dirs: Sequence[str]) -> list:
+  """Process 0 makes and locks every run directory; all processes learn whether it could (an InputError on every
+  process if not), and then make the directories they write."""
+  locks, error = [], None
+  if jax.process_index() == 0:
+    try:
+      for run_dir in run_dirs:
+        locks.append(run_lock.claim(run_dir))
+    except InputError as e:
+      error = e
+      for lock in locks:
+        lock.release()
+      locks = []
+  if jax.process_count() > 1:
+    claimed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not claimed and error is None:
+      error = InputError("process 0 could not take the run directory (its error says why); fix that and run all "
+                         "processes again.")
+  if error is not None:
+    raise error
   for run_dir in run_dirs:
     os.makedirs(run_dir, exist_ok=True)
+  return locks
+
+
+def _train(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption):
+  ensemble = config.train.members > 1
   options = dict(keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
                  keep_every=config.checkpoint.keep_every, cleanup_unfinished=True, migrate=MIGRATE)
   checkpoints = (EnsembleCheckpoints(run_dirs, members, **options) if ensemble
                  else Checkpoints(os.path.join(workdir, "checkpoints"), **options))
+  try:
+    return _train_with(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption,
+                       checkpoints)
+  except BaseException:
+    # An unclosed manager reports its background threads' failures at exit, after the one sentence that matters.
+    try:
+      checkpoints.close()
+    except Exception:  # pylint: disable=broad-except  # the error being raised is the one to report
+      pass
+    raise
+
+
+def _train_with(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption,
+                checkpoints):
+  ensemble = config.train.members > 1
   checkpoints.check_compatible(config, resume_config_keys(config), stateful_names(lens_lib.train_lenses(config)))
-  run = build(config, members=members)
+  check_layouts(checkpoints, abstract_state(config, members), ensemble)
+  run = build(config, members=members, sources=sources)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
   start_step = start_step or 0
@@ -262,6 +397,8 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
   meta = meta_of(config_lib.to_dict(config), state)
   halting, freezing = config.train.nan_policy == "halt", config.train.nan_policy == "freeze"
+  streak = (SkipStreak(config.train.max_skipped, run, state)
+            if config.train.nan_policy == "skip" and config.train.max_skipped else None)
   frozen: set[int] = set()
   seen_skipped = [0.0]  # the members' skipped updates in all, when last looked at: only a rise is news
 
@@ -279,46 +416,47 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   saved_step = start_step
   probes = probe_batches(run)
   periodic = periodic_analyses_of(run, periodic)
-  # SIGTERM is a stop request from here to the last save: one arriving while the steps compile, or while the
-  # final checkpoint is written, must not kill the process with that checkpoint half done or never begun.
-  with Preemption() as preemption:
-    if start_step < total:
-      plain_step, logging_step = compile_steps(run, state)
-      parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
-    for step in range(start_step, total):
-      preempted = preemption.reached(step)
-      if preempted or step == stop_at_step:
-        why = "SIGTERM" if preempted else "stop requested"
-        log(f"{why}: saving a checkpoint at step {step}" if step != saved_step else
-            f"{why}: stopping at step {step}, nothing trained since {'the checkpoint' if step else 'the start'}")
-        break
-      is_log = step % log_every == 0 or step == total - 1
-      batch = device_batch(run, step)
-      state, metrics = (logging_step if is_log else plain_step)(state, batch)
-      check_finite(logger.flush())  # the previous records, now that this step is queued
-      if is_log:
-        logger.add(step, metrics)
-        if probes is not None:
-          logger.add(step, run.probe_fn(state.params, *probes))
-      if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
-        logger.add(step, evaluate(run, state, batch))
-      for every, analysis in periodic:
-        if (step + 1) % every == 0 or step == total - 1:
-          logger.add(step, analysis(state, batch, step))
-      if (step + 1) % save_every == 0:
-        # The records of the steps before a checkpoint reach metrics.jsonl before it does: a run killed after
-        # the checkpoint resumes past them and would never log them again. (The save waits for the step anyway.)
-        check_finite(logger.flush())
-        check_finite(skipped_steps(state))  # never save a state past a non-finite step
-        checkpoints.save(step + 1, state, meta)
-        saved_step = step + 1
-    check_finite(logger.flush())
-    logger.close()
-    final_step = int(np.max(jax.device_get(state.step)))
-    if final_step != saved_step:
-      check_finite(skipped_steps(state))
-      checkpoints.save(final_step, state, meta)
-    checkpoints.close()
+  if start_step < total and not preemption.requested_before_start():  # stopped while starting: nothing to compile
+    plain_step, logging_step = compile_steps(run, state)
+    parallel.wait_for_all_processes("steps compiled")  # the loop's first collective waits for no one
+  for step in range(start_step, total):
+    preempted = preemption.reached(step)
+    if preempted or step == stop_at_step:
+      why = "SIGTERM" if preempted else "stop requested"
+      log(f"{why}: saving a checkpoint at step {step}" if step != saved_step else
+          f"{why}: stopping at step {step}, nothing trained since {'the checkpoint' if step else 'the start'}")
+      break
+    is_log = step % log_every == 0 or step == total - 1
+    batch = device_batch(run, step)
+    state, metrics = (logging_step if is_log else plain_step)(state, batch)
+    check_finite(logger.flush())  # the previous records, now that this step is queued
+    if streak is not None:
+      streak.update(step, metrics["train/skipped_steps"])
+    if is_log:
+      logger.add(step, metrics)
+      if probes is not None:
+        logger.add(step, run.probe_fn(state.params, *probes))
+    if eval_every and ((step + 1) % eval_every == 0 or step == total - 1):
+      logger.add(step, evaluate(run, state, batch))
+    for every, analysis in periodic:
+      if (step + 1) % every == 0 or step == total - 1:
+        logger.add(step, analysis(state, batch, step))
+    if (step + 1) % save_every == 0:
+      # The records of the steps before a checkpoint reach metrics.jsonl before it does: a run killed after
+      # the checkpoint resumes past them and would never log them again. (The save waits for the step anyway.)
+      check_finite(logger.flush())
+      check_finite(skipped_steps(state))  # never save a state past a non-finite step
+      checkpoints.save(step + 1, state, meta)
+      saved_step = step + 1
+  check_finite(logger.flush())
+  if streak is not None:
+    streak.finish()
+  logger.close()
+  final_step = int(np.max(jax.device_get(state.step)))
+  if final_step != saved_step:
+    check_finite(skipped_steps(state))
+    checkpoints.save(final_step, state, meta)
+  checkpoints.close()
   log(f"done at step {final_step}; run director{'ies' if explicit else 'y'} "
        f"{', '.join(run_dirs) if explicit else workdir}")
   return state
