@@ -28,7 +28,7 @@ from lensjax.data.factory import make_source
 from lensjax.errors import InputError
 from lensjax.io.checkpoints import Checkpoints
 from lensjax.stats.lenses import train_lenses
-from lensjax.train import loop
+from lensjax.train import loop, resume
 from lensjax.train.ensemble import EnsembleCheckpoints, ensemble_step_fn
 from lensjax.train.step import model_for
 
@@ -70,7 +70,7 @@ NOT_VARIED = {
     "model.attention": "cudnn needs a GPU",
 }
 
-# train.members is the run directory's layout, refused by `loop.check_members` (tested below), not by the config
+# train.members is the run directory's layout, refused by `resume.check_members` (tested below), not by the config
 # comparison (each member's checkpoints hold a solo config).
 REFUSED_BY_LAYOUT = {"train.members"}
 
@@ -132,7 +132,7 @@ def refused_keys(saved: config_lib.Config, config: config_lib.Config) -> set[str
   `loop.train` checks them (from the config each member's checkpoints hold)."""
   refused = set()
   for old, new in zip(config_lib.member_configs(saved), config_lib.member_configs(config)):
-    refused |= {key for key, _, _ in resume_differences(config_lib.to_dict(old), new, loop.resume_config_keys(new))}
+    refused |= {key for key, _, _ in resume_differences(config_lib.to_dict(old), new, resume.resume_config_keys(new))}
   return refused
 
 
@@ -238,10 +238,10 @@ def test_a_resume_with_another_number_of_members_is_refused_before_anything_is_w
   before = sorted(os.walk(workdir))
   config = make_tiny_config(**{"train.members": members})
   if not refused:
-    loop.check_members(workdir, config)
+    resume.check_members(workdir, config)
     return
   with pytest.raises(InputError) as info:
-    loop.check_members(workdir, config)
+    resume.check_members(workdir, config)
   message = str(info.value)
   assert f"train.members (checkpoint {trained}, config {members})" in message, message
   assert f"--config.train.members={trained}" in message and "new --workdir" in message, message
@@ -294,9 +294,9 @@ def test_an_ensemble_whose_members_hold_another_layout_is_refused_before_a_resto
       part.save(2, optimiser_states(clip=True), {"config": {}, "lenses": []})
       part.wait()
     before = listing(str(tmp_path))
-    loop.check_layouts(checkpoints, abstract_of(optimiser_states(clip=True), members=2), ensemble=True)
+    resume.check_layouts(checkpoints, abstract_of(optimiser_states(clip=True), members=2), ensemble=True)
     with pytest.raises(InputError, match="laid out differently"):
-      loop.check_layouts(checkpoints, abstract_of(optimiser_states(clip=False), members=2), ensemble=True)
+      resume.check_layouts(checkpoints, abstract_of(optimiser_states(clip=False), members=2), ensemble=True)
     assert listing(str(tmp_path)) == before
   finally:
     checkpoints.close()

@@ -262,7 +262,7 @@ STATE_SWITCHES = {
 # Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG): the
 # model's shape (all of model.* but how it computes: dropout, attention kernel, remat, compute dtype), the data's
 # vocabulary and law, the optimiser and its switches, the initialisation seed. The lenses add the keys of theirs
-# (`Lens.resume_keys`); train.members is the run directory's layout (`lensjax.train.loop.check_members`). The rest
+# (`Lens.resume_keys`); train.members is the run directory's layout (`lensjax.train.resume.check_members`). The rest
 # (steps, logging and checkpoint intervals, learning rate, ...) may change on resume.
 STATE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
                    if f.name not in ("dropout", "attention", "remat", "dtype")) + (

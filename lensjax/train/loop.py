@@ -10,34 +10,29 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import time
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from lensjax import config as config_lib
 from lensjax import parallel, perf
-from lensjax.config.validation import override_flag
 from lensjax.data.factory import make_source
 from lensjax.data.prepared import with_prepared_vocab
-from lensjax.errors import InputError, TrainingHalted
-from lensjax.io import run_lock
+from lensjax.errors import TrainingHalted
 from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
 from lensjax.io.run_logger import EnsembleLogger, RunLogger
 from lensjax.model import has_ffn
 from lensjax.stats import lenses as lens_lib
-from lensjax.stats.lens import Lens, resume_keys, stateful_names
+from lensjax.stats.lens import Lens, stateful_names
 from lensjax.stats.persistence import probe_persistence
 from lensjax.stats.sparsity import heldout_overlap
-from lensjax.train import optim
+from lensjax.train import optim, resume
 from lensjax.train.guards import (Preemption, SkipStreak, first_bad_steps, halt_message, log, prepare_run_dirs,
                                   skipped_steps)
-from lensjax.train.ensemble import (ENSEMBLE_FILE, EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of,
-                                    write_ensemble_file)
+from lensjax.train.ensemble import EnsembleCheckpoints, ensemble_step_fn, member_dirs, member_of, write_ensemble_file
 from lensjax.train.state import MIGRATE, create_state
 from lensjax.train.step import eval_step, jit_train_step, model_for, probe_step
 
@@ -188,52 +183,6 @@ def periodic_analyses_of(run: Run, periodic: Sequence[Periodic]) -> list[tuple[i
   return built
 
 
-def resume_config_keys(config: config_lib.Config) -> tuple[str, ...]:
-  """The config keys a checkpoint must share with this run: the state's own and those of its lenses."""
-  return config_lib.STATE_KEYS + resume_keys(lens_lib.train_lenses(config))
-
-
-def trained_members(workdir: str) -> int | None:
-  """The train.members of the checkpoints in `workdir`: N for an ensemble's (in WORKDIR/member_<i>/, N as its
-  ensemble.json says), 1 for a solo run's (WORKDIR/checkpoints/), None when it holds none."""
-  has_steps = lambda directory: os.path.isdir(directory) and any(
-      name.isdigit() and os.path.isdir(os.path.join(directory, name)) for name in os.listdir(directory))
-  indices = [int(name[len("member_"):]) for name in (os.listdir(workdir) if os.path.isdir(workdir) else [])
-             if re.fullmatch(r"member_\d+", name) and has_steps(os.path.join(workdir, name, "checkpoints"))]
-  if indices:
-    try:
-      with open(os.path.join(workdir, ENSEMBLE_FILE)) as f:
-        return int(json.load(f)["members"])
-    except (OSError, ValueError, KeyError, TypeError):  # no record (killed before it was written): the directories
-      return max(indices) + 1
-  return 1 if has_steps(os.path.join(workdir, "checkpoints")) else None
-
-
-def check_members(workdir: str, config: config_lib.Config) -> None:
-  """Raises InputError, before anything is written, when `workdir` holds the checkpoints of a run with another
-  train.members: every leaf of the state would gain or lose members along its leading axis, and the members' run
-  directories would not match (an ensemble's resume deletes member checkpoints past the newest step all share)."""
-  saved, members = trained_members(workdir), config.train.members
-  if saved is None or saved == members:
-    return
-  alone = f" (or --workdir {member_dirs(workdir, 1)[0]} to continue member 0 alone)" if members == 1 else ""
-  raise InputError(f"the checkpoints in {workdir} come from a run of another size: train.members (checkpoint "
-                   f"{saved}, config {members}); pass {override_flag('train.members', saved)} "
-                   f"to resume them{alone}, or use a new --workdir to train with this config.")
-
-
-def check_layouts(checkpoints, abstract, ensemble: bool) -> None:
-  """Raises InputError when the checkpoints hold a state of another layout than `abstract` (the run's, with the
-  member axis in an ensemble), whichever config key made it so: refused, never taken for unreadable and set aside
-  (nor, in an ensemble, deleted for want of a step every member restores)."""
-  if not ensemble:
-    checkpoints.check_layout(abstract)
-    return
-  one_member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract)
-  for part in checkpoints.parts:
-    part.check_layout(one_member)
-
-
 def device_batch(run: Run, step: int, split: str = "train", rows: int | None = None):
   """Batch `step` of `split` (`rows` rows, default train.batch_size), this process's rows, placed on the mesh;
   in an ensemble each member's batch from its own source, stacked [N, B, ...]."""
@@ -303,7 +252,7 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
   cost nothing on other steps (`lensjax.runner` chooses them from the config).
   An ensemble (`train.members` > 1) writes one run directory per member,
   WORKDIR/member_<i>/, or into `run_dirs` when it is given its `members`' configs (`config_lib.ensemble_of`).
-  Each run directory is locked while the run lasts (lensjax.io.run_lock): a second trainer is refused.
+  Each run directory is locked while the run lasts (lensjax.train.resume): a second trainer is refused.
   """
   # SIGTERM is a stop request from here on: one that comes while the run starts, compiles or writes its last
   # checkpoint stops it cleanly, with what there is saved, instead of killing it halfway.
@@ -314,40 +263,15 @@ def train(config: config_lib.Config, workdir: str, stop_at_step: int | None = No
     run_dirs = (list(run_dirs) if explicit else member_dirs(workdir, len(members)) if config.train.members > 1
                 else [workdir])
     if not explicit:  # given run directories are the members' own, each checked against its config
-      check_members(workdir, config)
+      resume.check_members(workdir, config)
     # The data are read and checked before anything is written: bad input leaves no run directory behind.
     sources = [make_source(member) for member in members]
-    locks = claim_run_dirs(run_dirs)
+    locks = resume.claim_run_dirs(run_dirs)
     try:
       return _train(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption)
     finally:
       for lock in locks:
         lock.release()
-
-
-def claim_run_dirs(run_dirs: Sequence[str]) -> list:
-  """Process 0 makes and locks every run directory; all processes learn whether it could (an InputError on every
-  process if not), and then make the directories they write."""
-  locks, error = [], None
-  if jax.process_index() == 0:
-    try:
-      for run_dir in run_dirs:
-        locks.append(run_lock.claim(run_dir))
-    except InputError as e:
-      error = e
-      for lock in locks:
-        lock.release()
-      locks = []
-  if jax.process_count() > 1:
-    claimed = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-    if not claimed and error is None:
-      error = InputError("process 0 could not take the run directory (its error says why); fix that and run all "
-                         "processes again.")
-  if error is not None:
-    raise error
-  for run_dir in run_dirs:
-    os.makedirs(run_dir, exist_ok=True)
-  return locks
 
 
 def _train(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption):
@@ -371,8 +295,9 @@ def _train(config, workdir, stop_at_step, periodic, members, run_dirs, sources, 
 def _train_with(config, workdir, stop_at_step, periodic, members, run_dirs, sources, explicit, preemption,
                 checkpoints):
   ensemble = config.train.members > 1
-  checkpoints.check_compatible(config, resume_config_keys(config), stateful_names(lens_lib.train_lenses(config)))
-  check_layouts(checkpoints, abstract_state(config, members), ensemble)
+  checkpoints.check_compatible(config, resume.resume_config_keys(config),
+                              stateful_names(lens_lib.train_lenses(config)))
+  resume.check_layouts(checkpoints, abstract_state(config, members), ensemble)
   run = build(config, members=members, sources=sources)
   start_step, restored = checkpoints.restore_latest_valid(abstract_like(run.state))
   state = run.state if restored is None else restored
