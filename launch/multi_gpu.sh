@@ -8,8 +8,8 @@
 #   PROCESSES=all launch/multi_gpu.sh CONFIG WORKDIR [--config.a.b=VALUE ...]
 #       One process per GPU (N GPUs, or every GPU nvidia-smi lists), joined by
 #       jax.distributed on localhost: process i sees GPU i alone
-#       (CUDA_VISIBLE_DEVICES=i) and gets LENSJAX_COORDINATOR=127.0.0.1:PORT,
-#       LENSJAX_NUM_PROCESSES=N, LENSJAX_PROCESS_ID=i. This is how each host of
+#       (CUDA_VISIBLE_DEVICES=i) and gets JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT,
+#       JAX_NUM_PROCESSES=N, JAX_PROCESS_ID=i. This is how each host of
 #       a cluster runs, so it is the way to rehearse one on a single machine.
 #       PORT is $LENSJAX_PORT or a free one. Process 0 prints to this terminal
 #       and writes metrics.jsonl, tb/ and the log; process i > 0 prints to
@@ -49,8 +49,8 @@ trap stop TERM INT
 for ((i = 0; i < processes; i++)); do
   log=/dev/stderr
   [ "$i" -gt 0 ] && log="$workdir/process_$i.log"
-  CUDA_VISIBLE_DEVICES=$i LENSJAX_COORDINATOR=127.0.0.1:$port LENSJAX_NUM_PROCESSES=$processes \
-    LENSJAX_PROCESS_ID=$i "$python" -m lensjax train --config "$config" --workdir "$workdir" "$@" >"$log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$i JAX_COORDINATOR_ADDRESS=127.0.0.1:$port JAX_NUM_PROCESSES=$processes \
+    JAX_PROCESS_ID=$i "$python" -m lensjax train --config "$config" --workdir "$workdir" "$@" >"$log" 2>&1 &
   pids+=($!)
 done
 

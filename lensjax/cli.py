@@ -51,8 +51,9 @@ def _report(args, extra: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
   top = argparse.ArgumentParser(prog="lensjax", description=__doc__.splitlines()[0])
   commands = top.add_subparsers(dest="command", required=True)
+  from lensjax.config.reference import key_reference_text  # the dataclasses only: no JAX
   train = commands.add_parser("train", help="train a model (resumes if WORKDIR holds checkpoints)",
-                              epilog="Override any config value with --config.SECTION.KEY=VALUE.")
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=key_reference_text())
   train.add_argument("--config", required=True, help="a config file such as configs/quickstart.py")
   train.add_argument("--workdir", required=True, help="the run directory")
   train.set_defaults(handler=_train)

@@ -14,37 +14,50 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lensjax.errors import InputError
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
-# Explicit multi-process settings; SLURM needs none.
-ENV_COORDINATOR = "LENSJAX_COORDINATOR"  # host:port of process 0, or "auto": JAX finds the cluster (Cloud TPU VMs)
-ENV_NUM_PROCESSES = "LENSJAX_NUM_PROCESSES"
-ENV_PROCESS_ID = "LENSJAX_PROCESS_ID"
+# Explicit multi-process settings, JAX's own names (jax.distributed reads JAX_COORDINATOR_ADDRESS itself; the
+# other two are the usual companions). SLURM, Open MPI and TPU VMs need none: JAX detects them.
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+# lensjax's older names, still read when JAX's are absent; LENSJAX_COORDINATOR=auto asks JAX to detect the
+# cluster where lensjax would not start it by itself (a Cloud TPU VM slice seen from one worker).
+ALIASES = {ENV_COORDINATOR: "LENSJAX_COORDINATOR", ENV_NUM_PROCESSES: "LENSJAX_NUM_PROCESSES",
+           ENV_PROCESS_ID: "LENSJAX_PROCESS_ID"}
+
+
+def distributed_settings(environ) -> dict | None:
+  """The keyword arguments of `jax.distributed.initialize` this environment asks for ({} = let JAX detect the
+  cluster), or None for a single process. InputError for an incomplete explicit setting."""
+  value = lambda name: environ.get(name) or environ.get(ALIASES[name])
+  coordinator = value(ENV_COORDINATOR)
+  if coordinator == "auto":
+    return {}
+  if coordinator:
+    try:
+      return dict(coordinator_address=coordinator, num_processes=int(value(ENV_NUM_PROCESSES)),
+                  process_id=int(value(ENV_PROCESS_ID)))
+    except (TypeError, ValueError):
+      raise InputError(f"{ENV_COORDINATOR}={coordinator} needs {ENV_NUM_PROCESSES} (the number of processes) and "
+                       f"{ENV_PROCESS_ID} (this one's, 0 to N-1) as integers; set both.") from None
+  if int(environ.get("SLURM_NTASKS", "1")) > 1 or environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0 \
+      or int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return {}
+  return None
 
 
 def initialize_distributed() -> None:
-  """Starts `jax.distributed` when this process is one of several.
-
-  Explicit settings come from LENSJAX_COORDINATOR / LENSJAX_NUM_PROCESSES /
-  LENSJAX_PROCESS_ID; with LENSJAX_COORDINATOR=auto (Cloud TPU VMs, whose
-  workers JAX finds through the metadata server), under SLURM (more than one
-  task) and on GKE TPU JAX finds them in the environment itself. A single
-  process does nothing.
-  """
-  if os.environ.get(ENV_COORDINATOR) == "auto":
-    jax.distributed.initialize()
-  elif os.environ.get(ENV_COORDINATOR):
-    kwargs = dict(coordinator_address=os.environ[ENV_COORDINATOR],
-                  num_processes=int(os.environ[ENV_NUM_PROCESSES]),
-                  process_id=int(os.environ[ENV_PROCESS_ID]))
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      # CPU processes exchange gradients through gloo.
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    jax.distributed.initialize()
+  """Starts `jax.distributed` when this process is one of several (`distributed_settings`); a single process does
+  nothing."""
+  settings = distributed_settings(os.environ)
+  if settings is None:
+    return
+  if settings and os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes exchange gradients through gloo
+  jax.distributed.initialize(**settings)
 
 
 def wait_for_all_processes(name: str, timeout_s: float = 3600.0) -> None:

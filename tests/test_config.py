@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_tiny_config
+from lensjax import cli
 from lensjax import config as config_lib
 from lensjax.config import Config
 from lensjax.errors import InputError
@@ -73,3 +74,20 @@ def test_from_dict_rejects_unknown_keys_and_wrong_types():
     config_lib.from_dict({"model": {"use_bias": 1}})
   # An int where a float is expected is fine (JSON writes 1.0 as 1 in some tools).
   assert config_lib.from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_a_meaning(capsys):
+  from lensjax.config.reference import key_reference
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--help"])
+  text = capsys.readouterr().out
+  rows = key_reference()
+  flat = {f"{section}.{name}" for section, values in config_lib.to_dict(config_lib.Config()).items()
+          for name in values}
+  assert {key for key, _, _ in rows} == flat
+  for key, default, meaning in rows:
+    assert meaning, f"{key} has no comment on its line in lensjax/config/sections.py"
+    assert f"{key}={default}" in text and meaning in text, key
+  # The defaults are written as overrides take them back.
+  parsed = config_lib.apply_overrides(config_lib.Config(), {key: default.strip('"') for key, default, _ in rows})
+  assert parsed == config_lib.Config()

@@ -124,10 +124,11 @@ def test_image_rejects_what_it_cannot_encode(tmp_path):
   writer.close()
 
 
-def test_encode_png_grayscale_round_trip():
-  pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+@pytest.mark.parametrize("shape", [(3, 4), (3, 4, 1), (3, 4, 2), (3, 4, 3), (3, 4, 4)])
+def test_encode_png_round_trips_every_channel_count(shape):
+  pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
   decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels))))
-  np.testing.assert_array_equal(decoded, pixels)
+  np.testing.assert_array_equal(decoded.reshape(shape), pixels)
 
 
 def test_text_is_a_text_plugin_string_tensor(tmp_path):

@@ -1,7 +1,7 @@
 """Two real processes on localhost, joined by `jax.distributed` (CPU collectives through gloo), train like one.
 
-Each process is `lensjax train` with LENSJAX_COORDINATOR / LENSJAX_NUM_PROCESSES
-/ LENSJAX_PROCESS_ID set and 2 fake CPU devices, so the mesh has 4 devices on
+Each process is `lensjax train` with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES
+/ JAX_PROCESS_ID set and 2 fake CPU devices, so the mesh has 4 devices on
 2 processes. The run must match the single-process run of the same config
 (8 devices, in this process) to float tolerance; only process 0 writes
 metrics.jsonl and TensorBoard; each process writes its share of the Orbax
@@ -25,6 +25,8 @@ import pytest
 from conftest import REPO, write_config_file
 from test_faults import STEPS, faults_config, finished_state
 from test_train import host
+from lensjax import parallel
+from lensjax.errors import InputError
 from lensjax.io.metrics_log import read_metrics
 from lensjax.train import loop
 
@@ -55,8 +57,8 @@ def free_port() -> int:
 def start_two_processes(workdir, config_file, logs, *overrides: str) -> tuple[list, list]:
   """Starts `lensjax train` as process 0 and 1 of one jax.distributed job; returns the processes and their logs."""
   flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", os.environ.get("XLA_FLAGS", ""))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", LENSJAX_COORDINATOR=f"127.0.0.1:{free_port()}",
-             LENSJAX_NUM_PROCESSES=str(NUM_PROCESSES),
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+             JAX_NUM_PROCESSES=str(NUM_PROCESSES),
              XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={DEVICES_PER_PROCESS}".strip())
   logs.mkdir(exist_ok=True)
   paths = [logs / f"process_{i}.log" for i in range(NUM_PROCESSES)]
@@ -65,7 +67,7 @@ def start_two_processes(workdir, config_file, logs, *overrides: str) -> tuple[li
     with open(path, "w") as log:
       processes.append(subprocess.Popen(
           [sys.executable, "-m", "lensjax", "train", "--config", config_file, "--workdir", workdir, *overrides],
-          cwd=REPO, env=dict(env, LENSJAX_PROCESS_ID=str(i)), stdout=log, stderr=subprocess.STDOUT))
+          cwd=REPO, env=dict(env, JAX_PROCESS_ID=str(i)), stdout=log, stderr=subprocess.STDOUT))
   return processes, paths
 
 
@@ -211,3 +213,25 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_same_command_resumes(p
   assert f"SIGTERM: saving a checkpoint at step {stopped_at[0]}" in first[0], first[0]
   assert f"resuming from the checkpoint at step {stopped_at[0]} " in resumed[0], resumed[0]
   assert [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))] == list(range(STEPS))
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"},
+     {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2}),
+    ({"LENSJAX_COORDINATOR": "h:1", "LENSJAX_NUM_PROCESSES": "2", "LENSJAX_PROCESS_ID": "1"},
+     {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}),
+    # JAX's names win over the older ones.
+    ({"JAX_COORDINATOR_ADDRESS": "a:1", "LENSJAX_COORDINATOR": "b:2", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": "0"}, {"coordinator_address": "a:1", "num_processes": 2, "process_id": 0}),
+    ({"LENSJAX_COORDINATOR": "auto"}, {}),
+    ({"SLURM_NTASKS": "8"}, {}), ({"SLURM_NTASKS": "1"}, None), ({"OMPI_COMM_WORLD_SIZE": "2"}, {}),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, {}),
+])
+def test_the_environment_chooses_how_jax_distributed_starts(environ, expected):
+  assert parallel.distributed_settings(environ) == expected
+
+
+def test_an_incomplete_explicit_setting_is_one_sentence():
+  with pytest.raises(InputError, match="JAX_COORDINATOR_ADDRESS=h:1 needs JAX_NUM_PROCESSES .* and JAX_PROCESS_ID"):
+    parallel.distributed_settings({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"})

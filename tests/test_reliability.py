@@ -93,13 +93,18 @@ def test_skip_streak_counts_updates_skipped_in_a_row_one_step_late_and_per_membe
       streak.finish()
 
 
-def test_the_progress_line_shows_the_skipped_updates():
+def test_the_progress_line_shows_the_skipped_updates_and_an_eta_from_the_rate_after_compiling(monkeypatch):
+  clock = iter([1000.0, 1002.0, 1006.0])  # the first line comes 1,000 s after start-up (compiling)
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
   stream = io.StringIO()
-  line = progress.Progress("lines", 10, 0, stream=stream)
+  line = progress.Progress("lines", 10, stream=stream)
   line.update(3, {"train/loss": 2.5, "train/skipped_steps": 0.0})
   line.update(4, {"train/loss": 2.5, "train/skipped_steps": 2.0})
-  first, second = stream.getvalue().splitlines()
+  line.update(5, {"train/loss": 2.5, "train/skipped_steps": 2.0})
+  first, second, third = stream.getvalue().splitlines()
   assert "skipped" not in first and "skipped 2" in second
+  # No rate before the second line; then 2 s per step since the first line, for the 5 and 4 steps left.
+  assert "ETA" not in first and second.endswith("ETA 0:00:10") and third.endswith("ETA 0:00:12")
 
 
 def test_resume_with_another_model_shape_exits_2_naming_the_keys(tmp_path):

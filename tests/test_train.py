@@ -124,6 +124,20 @@ def straight(tmp_path_factory):
   return workdir, loop.train(CONFIG, workdir)
 
 
+def test_the_readmes_plain_orbax_restore_gives_the_run_s_parameters_and_config(straight):
+  workdir, state = straight
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+  block = readme.split("<!-- plain-orbax-restore")[1].split("```python\n")[1].split("```")[0]
+  assert len(block.strip().splitlines()) == 5, block
+  namespace = {}
+  exec(block.replace("runs/quickstart", workdir), namespace)  # pylint: disable=exec-used
+  saved = jax.tree.leaves(jax.device_get(state.params))
+  assert len(jax.tree.leaves(namespace["params"])) == len(saved)
+  for got, want in zip(jax.tree.leaves(namespace["params"]), saved):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  assert namespace["config"]["train"]["steps"] == STEPS and namespace["step"] == STEPS
+
+
 # ---------------------------------------------------------------------------
 
 

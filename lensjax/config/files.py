@@ -18,10 +18,34 @@ from lensjax.config.sections import (Config, _example, _is_tuple, _key_type, _ty
 from lensjax.errors import InputError
 
 
+def packaged_configs() -> dict[str, str]:
+  """{name: path} of the configs that come with lensjax: `lensjax.configs` of an installed package (the
+  repository's configs/, shipped inside it), or configs/ beside the package in a checkout."""
+  folders = []
+  spec = importlib.util.find_spec("lensjax.configs")
+  if spec is not None:
+    folders += list(spec.submodule_search_locations or [])
+  folders.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "configs"))
+  found = {}
+  for folder in folders:
+    if os.path.isdir(folder):
+      for name in sorted(os.listdir(folder)):
+        if name.endswith(".py") and not name.startswith("_"):
+          found.setdefault(name[:-3], os.path.join(folder, name))
+  return found
+
+
 def load_config_file(path: str) -> Config:
-  """Runs `get_config()` of a config file, or reads a run's resolved `config.json`."""
+  """Runs `get_config()` of a config file, or of a packaged config named without a folder or suffix
+  (`quickstart`), or reads a run's resolved `config.json`."""
   if not os.path.isfile(path):
-    raise InputError(f"config file {path!r} does not exist; pass a file such as configs/quickstart.py.")
+    packaged = packaged_configs()
+    if path in packaged:
+      path = packaged[path]
+    else:
+      raise InputError(f"config file {path!r} does not exist; pass a file such as configs/quickstart.py or the "
+                       f"name of a config that comes with lensjax ({', '.join(packaged) or 'none found'}).")
   if path.endswith(".json"):
     try:
       return load_json(path)

@@ -12,60 +12,60 @@ from lensjax.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  num_layers: int = 2
-  d_model: int = 64
-  num_heads: int = 4
-  d_ff: int = 256
+  num_layers: int = 2  # Transformer blocks
+  d_model: int = 64  # width of the residual stream
+  num_heads: int = 4  # attention heads per block (d_model must divide by it)
+  d_ff: int = 256  # FFN hidden units per block
   vocab_size: int = 0  # 0: take it from the data source
   vocab_multiple: int = 1  # pad the output layer to a multiple of this (128 on GPU)
-  max_len: int = 128
+  max_len: int = 128  # longest sequence the learned positions cover
   activation: str = "relu"  # relu | gelu | swiglu
   active_threshold: float = 0.0  # a unit is active on a token when A > this
   norm: str = "pre"  # pre | post
   block: str = "attention+ffn"  # attention+ffn | attention_only | ffn_only
   positions: str = "learned"  # learned | rotary
-  tie_embeddings: bool = True
-  use_bias: bool = True
-  dropout: float = 0.0
+  tie_embeddings: bool = True  # the output layer reuses the token embedding
+  use_bias: bool = True  # biases in the linear layers and norms
+  dropout: float = 0.0  # dropout rate (0: none)
   dtype: str = "float32"  # compute dtype; parameters are always float32
   attention: str = "xla"  # xla (explicit softmax) | cudnn | auto (cudnn on GPU)
-  scan_layers: bool = False
-  remat: bool = False
-  init_std: float = 0.02
+  scan_layers: bool = False  # one scanned block instead of unrolled layers (faster compile, slower step)
+  remat: bool = False  # recompute activations in the backward pass to save memory
+  init_std: float = 0.02  # standard deviation of the normal initialisation
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   source: str = "markov"  # markov | teacher | bytes | tokens
-  seq_len: int = 64
+  seq_len: int = 64  # tokens per training sequence
   seed: int = 0  # seed of the target distribution itself (for text: of the data order)
   order_seed: int = -1  # seed of the data order of a controlled target (-1: data.seed)
   vocab_size: int = 16  # markov and teacher targets
-  markov_order: int = 1
+  markov_order: int = 1  # tokens of context of the markov target
   markov_alpha: float = 0.1  # Dirichlet concentration of transition rows
   markov_initial: str = "uniform"  # first `markov_order` tokens: uniform | stationary (the chain's stationary law)
-  teacher_layers: int = 2
-  teacher_d_model: int = 64
-  teacher_heads: int = 4
-  teacher_temperature: float = 1.0
+  teacher_layers: int = 2  # layers of the teacher Transformer target
+  teacher_d_model: int = 64  # width of the teacher target
+  teacher_heads: int = 4  # attention heads of the teacher target
+  teacher_temperature: float = 1.0  # softmax temperature of the teacher target (lower: lower entropy)
   num_sequences: int = 0  # >0: a finite training set of N sequences
   path: str = ""  # bytes: a text file ("" = built-in corpus); tokens: a .bin file
-  token_dtype: str = "uint16"
-  heldout_fraction: float = 0.05
+  token_dtype: str = "uint16"  # integer type of a .bin token file
+  heldout_fraction: float = 0.05  # share of a text corpus held out for evaluation
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   name: str = "adamw"  # adamw | adam | sgd | adafactor
-  lr: float = 3e-3
+  lr: float = 3e-3  # peak learning rate
   schedule: str = "cosine"  # constant | cosine | linear | rsqrt
-  warmup_steps: int = 50
+  warmup_steps: int = 50  # linear warm-up steps before the schedule
   min_lr_ratio: float = 0.1  # cosine / linear decay floor as a fraction of lr
-  b1: float = 0.9
-  b2: float = 0.95
-  eps: float = 1e-8
+  b1: float = 0.9  # Adam's first-moment decay
+  b2: float = 0.95  # Adam's second-moment decay
+  eps: float = 1e-8  # Adam's epsilon
   momentum: float = 0.9  # sgd
-  weight_decay: float = 0.0
+  weight_decay: float = 0.0  # weight decay (adamw: decoupled; adam, sgd: added to the gradient)
   lr_per_member: tuple[float, ...] = ()  # one learning rate per ensemble member (empty: optim.lr for all)
   weight_decay_per_member: tuple[float, ...] = ()  # one weight decay per ensemble member (empty: optim.weight_decay)
   decay_exempt: bool = True  # no weight decay on norms, biases, embeddings
@@ -74,7 +74,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  steps: int = 300
+  steps: int = 300  # updates to train for in all
   batch_size: int = 32  # global, across all devices and processes
   seed: int = 0  # initialisation and dropout (data order: data.seed)
   nan_policy: str = "halt"  # halt: stop at a non-finite loss/gradient | skip: skip that update | freeze (members > 1)
@@ -99,18 +99,18 @@ class StatsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-  save_every: int = 100
+  save_every: int = 100  # steps between checkpoints (and one at the end)
   keep: int = 3  # the newest checkpoints kept
   keep_every: int = 0  # >0: also keep every checkpoint whose step is a multiple of this (history for replay)
-  async_save: bool = True
+  async_save: bool = True  # write checkpoints in the background
 
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-  log_every: int = 10
+  log_every: int = 10  # steps between logging steps (statistics, metrics.jsonl, TensorBoard)
   eval_every: int = 100  # 0 disables held-out evaluation
   entropy_every: int = 0  # >0: whole-sequence entropy and KL (eval/entropy_*_seq) every this many steps; 0 disables
-  eval_batches: int = 2
+  eval_batches: int = 2  # held-out batches averaged per evaluation
   progress: str = "auto"  # auto (a live line on a terminal) | lines | none
 
 

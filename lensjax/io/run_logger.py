@@ -119,7 +119,7 @@ class RunLogger(RecordQueue):
       self.writer = SummaryWriter(os.path.join(workdir, "tb"))
       self.metrics_log = MetricsLog(metrics_path)
       self.sink = _Sink(workdir, self.writer, train_records, num_layers, lens_lib.event_logs(self.lenses))
-    self.progress = Progress(progress_mode, total_steps, start_step)
+    self.progress = Progress(progress_mode, total_steps)
     self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
     self._last_train: tuple[int, float] | None = None
     super().__init__()

@@ -10,9 +10,9 @@ histograms, `Summary.Image` PNGs and text-plugin string tensors.
 
 from __future__ import annotations
 
+import io
 import struct
 import time
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,10 +27,6 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour type -> (channels, `Summary.Image.colorspace`).
 _PNG_COLOR_TYPES = {0: (1, 1), 4: (2, 2), 2: (3, 3), 6: (4, 4)}
-_CHANNELS_TO_PNG_COLOR_TYPE = {
-    channels: color_type
-    for color_type, (channels, _) in _PNG_COLOR_TYPES.items()
-}
 
 
 class SummaryWriter:
@@ -146,36 +142,16 @@ def _png_header(png: bytes) -> tuple[int, int, int]:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-  """Lossless 8-bit PNG of an HxW or HxWxC (C in 1..4) uint8 array.
-
-  Hand-rolled with zlib so that logging never depends on an image library or a
-  matplotlib backend.
-  """
+  """Lossless 8-bit PNG of an HxW or HxWxC (C in 1..4) uint8 array, written by Pillow (which matplotlib depends
+  on)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
   image = np.asarray(image)
   if image.dtype != np.uint8:
     raise ValueError(f"image must be uint8, got {image.dtype}")
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.ndim != 3 or image.shape[2] not in _CHANNELS_TO_PNG_COLOR_TYPE:
-    raise ValueError(f"image must be HxW or HxWxC with C in 1..4, got "
-                     f"shape {image.shape}")
-  height, width, channels = image.shape
-  header = struct.pack(">IIBBBBB", width, height, 8,
-                       _CHANNELS_TO_PNG_COLOR_TYPE[channels], 0, 0, 0)
-  # Each scanline is prefixed with filter type 0 (no filtering).
-  scanlines = np.concatenate(
-      [np.zeros((height, 1), np.uint8),
-       np.ascontiguousarray(image).reshape(height, width * channels)],
-      axis=1)
-  return b"".join([
-      _PNG_SIGNATURE,
-      _png_chunk(b"IHDR", header),
-      _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes())),
-      _png_chunk(b"IEND", b""),
-  ])
-
-
-def _png_chunk(chunk_type: bytes, data: bytes) -> bytes:
-  crc = zlib.crc32(chunk_type + data)
-  length = struct.pack(">I", len(data))
-  return length + chunk_type + data + struct.pack(">I", crc)
+  if image.ndim == 3 and image.shape[2] == 1:
+    image = image[:, :, 0]
+  if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (2, 3, 4))):
+    raise ValueError(f"image must be HxW or HxWxC with C in 1..4, got shape {image.shape}")
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")  # L, LA, RGB or RGBA from the shape
+  return buffer.getvalue()
