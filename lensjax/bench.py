@@ -30,6 +30,7 @@ import functools
 import json
 import math
 import statistics
+import sys
 import time
 
 import jax
@@ -87,11 +88,15 @@ def _time_pipelined(fn, args_fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def _compile(jitted, *args, **kwargs):
-  """(compiled program, seconds to lower and compile it)."""
+def _compile(name: str, jitted, *args, **kwargs):
+  """(compiled program, seconds to lower and compile it); says on stderr what it compiles and how long it took,
+  since a large model's rows take minutes in all and the table comes at the end."""
+  print(f"bench: {name}: compiling", file=sys.stderr, flush=True)
   start = time.perf_counter()
   compiled = jitted.lower(*args, **kwargs).compile()
-  return compiled, time.perf_counter() - start
+  seconds = time.perf_counter() - start
+  print(f"bench: {name}: compiled in {seconds:.1f} s, timing", file=sys.stderr, flush=True)
+  return compiled, seconds
 
 
 def _row(name: str, group: str, times: list[float], *, compiled, compile_s: float, tokens: int, seq_len: int,
@@ -128,7 +133,7 @@ def bench_train_steps(run: loop.Run, steps: int, warmup: int = WARMUP) -> list[d
   flops_token = perf.flops_per_token(params, config.model, T)
   rows = []
   for name, fn in (("train step (plain)", run.plain_step), ("train step (logging)", run.logging_step)):
-    compiled, compile_s = _compile(fn, state_holder[0], batch)
+    compiled, compile_s = _compile(name, fn, state_holder[0], batch)
 
     def call(state, batch, compiled=compiled):
       state_holder[0], metrics = compiled(state, batch)
@@ -186,7 +191,7 @@ def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_m
               ("HVP (plain loss)", operators.hvp_program, (params, batch, tangent), 3 * gradient_flops))
   rows = []
   for name, fn, args, flops_token in programs:
-    compiled, compile_s = _compile(fn, loss_fn, *args, num_micro=n)
+    compiled, compile_s = _compile(name, fn, loss_fn, *args, num_micro=n)
     times = _time_calls(compiled, lambda args=args: args, steps, warmup)
     rows.append(_row(name, "hvp", times, compiled=compiled, compile_s=compile_s, tokens=B * T, seq_len=T,
                      flops_token=flops_token, devices=jax.device_count(),
@@ -241,7 +246,7 @@ def bench_entropy(config: config_lib.Config, params, source, steps: int, warmup:
                                  target_fn=law.log_probs if law else None, chunk=chunk, vocab_size=V if full else 1,
                                  seq_len=T, total=total if full else chunk))
   args = (params, law.params if law else None, log_initial_V)
-  compiled, compile_s = _compile(fn, *args, jnp.int32(0))
+  compiled, compile_s = _compile("exact entropy", fn, *args, jnp.int32(0))
   starts = [jnp.int32(s) for s in range(0, total if full else chunk, chunk)]
   times = _time_calls(lambda: [compiled(*args, s) for s in starts], lambda: (), steps, warmup)
   sequences = total if full else chunk
@@ -279,7 +284,7 @@ def bench_sampler(config: config_lib.Config, params, source, steps: int, warmup:
   B, cache_bytes = sampler_batch(cfg, T)
   fn = jax.jit(functools.partial(entropy_terms.model_sample_terms, cfg=cfg, seq_len=T, batch=B))
   args = (params, jax.random.PRNGKey(0), log_initial_V)
-  compiled, compile_s = _compile(fn, *args)
+  compiled, compile_s = _compile("sampler", fn, *args)
   times = _time_calls(compiled, lambda: args, steps, warmup)
   notes = f"batch of {B:,} sequences of {T} sampled tokens, temperature 1, KV cache {cache_bytes / 2**30:.2f} GiB"
   return [_row("sampler (KV cache)", "sampler", times, compiled=compiled, compile_s=compile_s, tokens=B * T,

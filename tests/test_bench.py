@@ -8,6 +8,7 @@ conftest shares with subprocesses turns their compiles into cache reads.
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import pytest
@@ -78,6 +79,10 @@ def test_only_hvp_gives_the_two_hvp_rows(capsys, config_file):
   assert code == 0, err
   result = json.loads(out)
   assert [r["name"] for r in result["rows"]] == ROWS["hvp"]
+  # Each stage says on stderr what it compiles and when it starts timing, one line each.
+  for name in ROWS["hvp"]:
+    assert f"bench: {name}: compiling\n" in err and re.search(rf"bench: {re.escape(name)}: compiled in [\d.]+ s, timing",
+                                                             err), err
   ratio = result["rows"][1]["vs_gradient"]
   assert math.isfinite(ratio) and ratio > 1
 

@@ -290,3 +290,13 @@ def test_cli_bad_run_directory_exits_2_naming_it(tmp_path, case):
   result = run_cli("report", str(run), "--out", str(tmp_path / "out"))
   assert result.returncode == 2
   assert str(run) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_histogram_of_one_value_stays_inside_the_quantity_s_range():
+  from lensjax.report.figures_events import _histogram_bins
+  for values, bounds, low, high in (([0.0, 0.0], (0.0, 1.0), 0.0, 0.05), ([1.0], (0.0, 1.0), 0.9, 1.0),
+                                    ([0.3], (0.0, 1.0), 0.275, 0.325), ([5.0], None, 4.75, 5.25)):
+    bins = _histogram_bins(np.asarray(values), False, bounds)
+    assert (bins[0], bins[-1]) == pytest.approx((low, high)) and len(bins) == 31, values
+  spread = _histogram_bins(np.asarray([0.1, 0.4]), False, (0.0, 1.0))
+  assert (spread[0], spread[-1]) == pytest.approx((0.1, 0.4))

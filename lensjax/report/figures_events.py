@@ -13,6 +13,7 @@ from lensjax.report.plotting import STEP_LABEL, finite, integer_ticks, log_scale
 DIED_COLOR, REVIVED_COLOR = "tab:red", "tab:blue"
 MAX_EVENT_COLUMNS = 200
 _FIELD_LABELS = {"frequency": "firing frequency of the unit", "adam_v": "Adam v̂ of the unit's weights"}
+_FIELD_RANGES = {"frequency": (0.0, 1.0)}  # a histogram's bins never leave the values' possible range
 
 
 def event_counts(events: Sequence[Mapping], kind: str, logging_steps: np.ndarray, num_layers: int) -> np.ndarray:
@@ -79,7 +80,7 @@ def _event_histogram(ax, events: Sequence[Mapping], field: str) -> None:
   every = every[np.isfinite(every)]
   # v̂ spans orders of magnitude, so it gets logarithmic bins whenever it can.
   logarithmic = field == "adam_v" and every.size > 0 and bool(np.all(every > 0))
-  bins = _histogram_bins(every, logarithmic)
+  bins = _histogram_bins(every, logarithmic, _FIELD_RANGES.get(field))
   for kind, color in (("died", DIED_COLOR), ("revived", REVIVED_COLOR)):
     values = by_kind[kind][np.isfinite(by_kind[kind])]
     if values.size:
@@ -95,12 +96,21 @@ def _event_histogram(ax, events: Sequence[Mapping], field: str) -> None:
   ax.grid(alpha=0.3)
 
 
-def _histogram_bins(values: np.ndarray, logarithmic: bool, count: int = 30) -> np.ndarray:
+def _histogram_bins(values: np.ndarray, logarithmic: bool, bounds: tuple[float, float] | None = None,
+                    count: int = 30) -> np.ndarray:
+  """`count` bins over the values' span; one value alone gets a narrow span around it, inside `bounds` (the
+  quantity's possible range: a firing frequency of 0 is drawn over [0, 0.05], not over −0.5 to 0.5)."""
   if values.size == 0:
-    return np.linspace(0.0, 1.0, count + 1)
+    return np.linspace(*(bounds or (0.0, 1.0)), count + 1)
   low, high = float(values.min()), float(values.max())
   if logarithmic:
     low, high = (low / 10, high * 10) if low == high else (low, high)
     return np.geomspace(low, high, count + 1)
-  low, high = (low - 0.5, high + 0.5) if low == high else (low, high)
+  if low == high:
+    half = max(abs(low) * 0.05, 0.025)
+    low, high = low - half, high + half
+    if bounds is not None:
+      low, high = max(low, bounds[0]), min(high, bounds[1])
+      low, high = (bounds[0], bounds[0] + 2 * half) if low == bounds[0] else (
+          (bounds[1] - 2 * half, bounds[1]) if high == bounds[1] else (low, high))
   return np.linspace(low, high, count + 1)
