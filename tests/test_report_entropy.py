@@ -202,6 +202,17 @@ def test_integer_ticks_keep_the_ends_without_crowding_the_last():
   assert plotting.integer_ticks(1) == [0] and plotting.integer_ticks(2) == [0, 1]
 
 
+def test_heat_map_step_ticks_fall_on_round_steps_at_their_columns():
+  logged = np.r_[np.arange(0, 400, 10), 399]  # log_every 10, and the last step
+  positions, labels = plotting.round_step_ticks(logged)
+  assert labels == ["0", "50", "100", "150", "200", "250", "300", "350"] and positions[2] == 10.0
+  uneven = np.array([0, 10, 20, 100, 200])  # a coarser cadence later: 150 lies halfway between columns 3 and 4
+  positions, labels = plotting.round_step_ticks(uneven, most=4)
+  assert dict(zip(labels, positions))["150"] == pytest.approx(3.5)
+  assert plotting.round_step_ticks(np.array([7])) == ([0.0], ["7"])
+  assert plotting.round_step_ticks(np.array([], np.int64)) == ([], [])
+
+
 def test_whole_sequence_entropy_over_training_is_drawn_when_logged(tmp_path):
   run = write_member(str(tmp_path), "traj", d_model=32, seed=0, num_params=1, model_entropy=7.0, kl=0.1)
   with open(os.path.join(run, "metrics.jsonl"), "a") as f:

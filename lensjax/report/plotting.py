@@ -20,7 +20,7 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
 DPI = 120
 STEP_LABEL = "training step"
@@ -102,10 +102,23 @@ def depth_key(fig: Figure, axes, num_layers: int) -> None:
 
 
 def step_ticks(ax, steps: np.ndarray) -> None:
-  """Ticks naming the training step of image columns laid out at 0, 1, 2, ..."""
-  if steps.size:
-    columns = integer_ticks(steps.size, most=8)
-    ax.set_xticks(columns, [str(int(steps[c])) for c in columns])
+  """Ticks on round training steps (0, 100, 200, ...) of image columns laid out at 0, 1, 2, ...: each at the
+  column position its step falls on (interpolated between the logged steps, which need not be evenly spaced)."""
+  positions, labels = round_step_ticks(np.asarray(steps))
+  if positions:
+    ax.set_xticks(positions, labels)
+
+
+def round_step_ticks(steps: np.ndarray, most: int = 8) -> tuple[list[float], list[str]]:
+  """(column positions, labels) of at most about `most` round steps within the logged `steps` (increasing)."""
+  if steps.size == 0:
+    return [], []
+  if steps.size == 1 or steps[0] == steps[-1]:
+    return [0.0], [str(int(steps[0]))]
+  values = MaxNLocator(nbins=most, integer=True, steps=[1, 2, 2.5, 5, 10]).tick_values(steps[0], steps[-1])
+  values = [v for v in values if steps[0] <= v <= steps[-1]]
+  columns = np.interp(values, steps, np.arange(steps.size))
+  return [float(c) for c in columns], [f"{int(v):,}" for v in values]
 
 
 def integer_ticks(count: int, most: int = 12) -> list[int]:
