@@ -110,7 +110,7 @@ def variations(key: str, kind, base: config_lib.Config) -> list[tuple[dict, dict
 
 def prepared(base: config_lib.Config, overrides: dict, files: dict) -> config_lib.Config | None:
   """The prepared config of `base` with `overrides`, a list of values standing for the first of them that
-  validates (file placeholders replaced by `files`); None when none does."""
+  validates (symbolic file names, the keys of `files`, replaced by their paths); None when none does."""
   as_list = lambda value: value if isinstance(value, list) else [value]
   options = {key: [files.get(v, v) if isinstance(v, str) else v for v in as_list(value)]
              for key, value in overrides.items()}
