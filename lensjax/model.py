@@ -58,13 +58,31 @@ def rotary(x_BxTxHxK: jax.Array, positions_T: jax.Array | None = None) -> jax.Ar
   `positions_T` (default 0..T-1) are the absolute positions, for decoding.
   """
   _, T, _, K = x_BxTxHxK.shape
-  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, K, 2, dtype=F32) / K))
-  positions_T = jnp.arange(T, dtype=F32) if positions_T is None else positions_T.astype(F32)
+  f = jnp.promote_types(x_BxTxHxK.dtype, F32)  # float32, or float64 in the saturation analysis
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, K, 2, dtype=f) / K))
+  positions_T = jnp.arange(T, dtype=f) if positions_T is None else positions_T.astype(f)
   angle_TxK2 = positions_T[:, None] * inv_freq[None, :]
   cos, sin = jnp.cos(angle_TxK2)[None, :, None, :], jnp.sin(angle_TxK2)[None, :, None, :]
-  x1, x2 = jnp.split(x_BxTxHxK.astype(F32), 2, axis=-1)
+  x1, x2 = jnp.split(x_BxTxHxK.astype(f), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxHxK.dtype)
+
+
+def score_dtype(dtype) -> jnp.dtype:
+  """Attention scores are float32, or float64 when the network computes in float64 (the saturation analysis)."""
+  return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(F32)
+
+
+def masked_logits(logits_BxHxTxT, attention_mask: str = "causal"):
+  """The scores the softmax reads. "causal": a hidden key gets the lowest finite value, so its weight is
+  exactly 0 (the same probabilities as -inf while the row maximum is finite). "merrill_multiplicative":
+  `mask * scores`, as Merrill et al.'s code computes it, so a hidden key scores 0: a reproduction control
+  under which a query whose visible scores are all negative attends to the future."""
+  T = logits_BxHxTxT.shape[-1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+  if attention_mask == "merrill_multiplicative":
+    return logits_BxHxTxT * causal_TxT.astype(logits_BxHxTxT.dtype)
+  return jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(logits_BxHxTxT.dtype).min)
 
 
 class Attention(nn.Module):
@@ -97,9 +115,8 @@ class Attention(nn.Module):
       # softmax fusions, and when they round differently exp(x − max) overflows for |x| ≳ 1e9
       # (NaN attention in the saturation analysis at c = 1000). The dot's output is the same everywhere.
       logits_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK / math.sqrt(K), k_BxTxHxK,
-                                  preferred_element_type=F32)
-      causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-      masked = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(F32).min)
+                                  preferred_element_type=score_dtype(dtype))
+      masked = masked_logits(logits_BxHxTxT, cfg.attention_mask)
       probs_BxHxTxT = jax.nn.softmax(masked, axis=-1)
       out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(dtype), v_BxTxHxK)
       explicit = {"attn_logits": logits_BxHxTxT, "attn_probs": probs_BxHxTxT}
@@ -183,14 +200,15 @@ class Block(nn.Module):
       sublayers.append(("ffn", FeedForward(cfg, residual_scale, name="ffn")))
     tensors = {"block_in": x_BxTxD}
     for kind, sublayer in sublayers:
-      pre = cfg.norm == "pre"
-      y_BxTxD, inner = sublayer(norm(name=f"{kind}_norm")(x_BxTxD) if pre else x_BxTxD, mask_BxT)
+      y_BxTxD, inner = sublayer(norm(name=f"{kind}_norm")(x_BxTxD) if cfg.norm == "pre" else x_BxTxD, mask_BxT)
+      if cfg.norm == "branch":
+        y_BxTxD = norm(name=f"{kind}_branch_norm")(y_BxTxD)
       y_BxTxD = drop(y_BxTxD)
       tensors.update(inner)
       if kind == "attn":
         tensors["attn_out"] = y_BxTxD
       x_BxTxD = x_BxTxD + y_BxTxD
-      if not pre:
+      if cfg.norm == "post":
         x_BxTxD = norm(name=f"{kind}_post_norm")(x_BxTxD)
     tensors["block_out"] = x_BxTxD
     return x_BxTxD, {name: tensors[name] for name in self.capture if name in tensors}
@@ -243,7 +261,7 @@ class Transformer(nn.Module):
       # A tuple per name, not a stacked copy: the tensors are large and lenses reduce them layer by layer.
       captured = {name: tuple(layer[name] for layer in per_layer) for name in per_layer[0]} if per_layer else {}
 
-    if cfg.norm == "pre":
+    if cfg.norm in ("pre", "branch"):  # the residual stream itself was never normalised
       x_BxTxD = nn.LayerNorm(dtype=dtype, param_dtype=F32, use_bias=cfg.use_bias, name="final_norm")(x_BxTxD)
     if return_hidden and not self.is_initializing():
       return x_BxTxD, captured

@@ -80,20 +80,26 @@ def test_causal_positions_stay_masked_after_scaling():
 
 
 def test_model_attention_at_1000_theta_stays_causal():
-  params = saturation.scale_params(tiny_params(), 1000.0)
   batch = tiny_batch()
   # jit: op by op, the captured forward pass compiles each primitive on its own and takes longer.
-  forward = jax.jit(lambda p, b: saturation.hidden_and_probs(p, b["inputs"], b["mask"], saturation.analysis_config(TINY)))
+  hidden_and_probs = jax.jit(lambda p, b: saturation.hidden_and_probs(
+      saturation.scale_params(p, 1000.0), b["inputs"], b["mask"], saturation.analysis_config(TINY)))
+
+  def forward(params, batch):
+    with jax.enable_x64(True):
+      return hidden_and_probs(params, batch)
+
+  params = tiny_params()
   h, probs = jax.device_get(forward(params, batch))
+  assert h.dtype == np.float64 and probs.dtype == np.float64
   future = ~np.tril(np.ones((T, T), bool))
   assert np.all(np.isfinite(h)) and np.all(np.isfinite(probs))
   assert np.all(probs[..., future] == 0.0)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   # Ties in the model itself: without position embeddings, a row of one repeated token has
   # bitwise identical keys in layer 0, so every saturated head there spreads evenly over what
-  # it sees. (Deeper layers see averages rounded differently per position: at c⁴-sized logits
-  # float32 breaks those ties, so only layer 0 is exact.)
-  params["pos_embed"]["embedding"] = jnp.zeros_like(params["pos_embed"]["embedding"])
+  # it sees. (Deeper layers see averages rounded differently per position, so only layer 0 is exact.)
+  params = dict(params, pos_embed={"embedding": jnp.zeros_like(params["pos_embed"]["embedding"])})
   batch["inputs"] = batch["inputs"].at[0].set(3)
   _, probs = jax.device_get(forward(params, batch))
   want = np.where(future, 0.0, 1.0 / np.arange(1, T + 1)[:, None])
@@ -139,11 +145,11 @@ def test_cosine_is_one_when_saturated_and_low_at_initialisation():
   assert bool(at_init["in_range"]) and np.all(at_init["cosine_L"] < 0.5), at_init["cosine_L"]
   assert np.all(at_init["key_count_LxH"] > 1.0 - 1e-6)
   # Already far out along θ's direction: scaling further changes no direction.
-  saturated = jax.device_get(fn(saturation.scale_params(params, 100.0), batch, 1000.0))
+  saturated = jax.device_get(fn(jax.tree.map(lambda p: p * 100.0, params), batch, 1000.0))
   assert bool(saturated["in_range"]) and np.all(saturated["cosine_L"] > 0.9999), saturated["cosine_L"]
   np.testing.assert_allclose(saturated["key_count_LxH"], 1.0, rtol=1e-5)  # argmax heads, one key per query
-  # Overflowing float32 is reported, not measured.
-  assert not bool(fn(params, batch, 1e9)["in_range"])
+  # Overflowing float64 is reported, not measured.
+  assert not bool(fn(params, batch, 1e60)["in_range"])
 
 
 def test_scanned_layout_gives_the_same_metrics():

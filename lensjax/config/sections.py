@@ -21,7 +21,7 @@ class ModelConfig:
   max_len: int = 128  # longest sequence the learned positions cover
   activation: str = "relu"  # relu | gelu | swiglu
   active_threshold: float = 0.0  # a unit is active on a token when A > this
-  norm: str = "pre"  # pre | post
+  norm: str = "pre"  # pre: x + f(LN(x)) | post: LN(x + f(x)) | branch: x + LN(f(x)) (Merrill et al.'s "pre_norm")
   block: str = "attention+ffn"  # attention+ffn | attention_only | ffn_only
   positions: str = "learned"  # learned | rotary
   tie_embeddings: bool = True  # the output layer reuses the token embedding
@@ -29,6 +29,7 @@ class ModelConfig:
   dropout: float = 0.0  # dropout rate (0: none)
   dtype: str = "float32"  # compute dtype; parameters are always float32
   attention: str = "xla"  # xla (explicit softmax) | cudnn | auto (cudnn on GPU)
+  attention_mask: str = "causal"  # causal | merrill_multiplicative: hidden logits times 0, not -inf (a reproduction control, xla only)
   scan_layers: bool = False  # one scanned block instead of unrolled layers (faster compile, slower step)
   remat: bool = False  # recompute activations in the backward pass to save memory
   init_std: float = 0.02  # standard deviation of the normal initialisation
@@ -138,7 +139,8 @@ class Config:
 
 CHOICES = {
     "model.activation": ("relu", "gelu", "swiglu"),
-    "model.norm": ("pre", "post"),
+    "model.norm": ("pre", "post", "branch"),
+    "model.attention_mask": ("causal", "merrill_multiplicative"),
     "model.block": ("attention+ffn", "attention_only", "ffn_only"),
     "model.positions": ("learned", "rotary"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -260,12 +262,12 @@ STATE_SWITCHES = {
 }
 
 # Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG): the
-# model's shape (all of model.* but how it computes: dropout, attention kernel, remat, compute dtype), the data's
+# model's shape (all of model.* but how it computes: dropout, attention kernel and mask, remat, compute dtype), the data's
 # vocabulary and law, the optimiser and its switches, the initialisation seed. The lenses add the keys of theirs
 # (`Lens.resume_keys`); train.members is the run directory's layout (`lensjax.train.resume.check_members`). The rest
 # (steps, logging and checkpoint intervals, learning rate, ...) may change on resume.
 STATE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-                   if f.name not in ("dropout", "attention", "remat", "dtype")) + (
+                   if f.name not in ("dropout", "attention", "attention_mask", "remat", "dtype")) + (
                        "data.source", "data.vocab_size", "data.markov_order", "optim.name") + tuple(
                            STATE_SWITCHES) + ("train.seed",)
 
@@ -274,7 +276,8 @@ def resolve(config: Config, platform: str) -> Config:
   """Fills the values that depend on the data or the machine (written to config.json)."""
   model = config.model
   if model.attention == "auto":
-    gpu_ready = platform == "gpu" and model.dtype in ("bfloat16", "float16")
+    gpu_ready = (platform == "gpu" and model.dtype in ("bfloat16", "float16")
+                 and model.attention_mask == "causal")  # the fused kernel knows only the causal mask
     model = dataclasses.replace(model, attention="cudnn" if gpu_ready else "xla")
   if model.vocab_size == 0:
     model = dataclasses.replace(model, vocab_size={"bytes": 256}.get(config.data.source, config.data.vocab_size))

@@ -95,6 +95,8 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
   if m.attention == "cudnn":
     _check(platform == "gpu", f"model.attention=cudnn needs an NVIDIA GPU but this run is on {platform}; use --config.model.attention=xla (or auto).")
     _check(m.dtype in ("bfloat16", "float16"), f"model.attention=cudnn needs model.dtype bfloat16 or float16, not {m.dtype}; change one of them.")
+    _check(m.attention_mask == "causal", "model.attention_mask=merrill_multiplicative needs the explicit softmax, but "
+           "model.attention=cudnn has only the causal mask; pass --config.model.attention=xla.")
   if m.vocab_size and d.source in ("markov", "teacher"):
     _check(m.vocab_size == d.vocab_size,
            f"model.vocab_size={m.vocab_size} differs from data.vocab_size={d.vocab_size}; set model.vocab_size=0 to take it from the data.")
