@@ -1,110 +1,63 @@
 #!/usr/bin/env bash
-# On a GPU machine: the norm-growth sweep of configs/norm_growth.py (Merrill et al. 2021): every SWEEP member
-# (weight decay x learning rate) trained PARALLEL at a time on the one GPU (each run is small; most of its
-# time is compilation, on the CPU), then `lensjax saturation --json`
-# on each final checkpoint. Everything lands in 4 files in OUTDIR:
-#   norm_growth_metrics.jsonl    every member's metrics.jsonl, each record with "member": NAME added
-#   norm_growth_saturation.json  {NAME: the saturation JSON of its final checkpoint (or {"error": ...})}
-#   norm_growth_members.json     {NAME: {"overrides", "config", "train_seconds", "exit_code"}}
-#   norm_growth_log.txt          timings and the tail of every log
-# Figures: python3 benchmarks/norm_growth_figures.py OUTDIR FIGURES_DIR
-# Usage: bash benchmarks/gpu_norm_growth.sh OUTDIR
-#   env: STEPS (2000), PARALLEL (5 runs at once), DEADLINE_S (300: no run starts after it),
-#        EXTRA (more --config.KEY=VALUE for every member), MEMBERS (0 = all; N: the first N only),
+# On a GPU machine: the runs of docs/results/norm_growth.md (Merrill et al. 2021, configs/norm_growth.py). Each RUN
+# is one `lensjax train` of the configured 16-member ensemble (learning rate x weight decay x 2 seeds), given
+# as one quoted word "NAME NORM [--config.KEY=VALUE ...]" with NORM one of pre, post, branch; after it,
+# benchmarks/norm_growth_analyses.py computes every member's saturation at initialisation and at its final
+# checkpoint under both attention masks, with the homogeneity check. Runs go one after another; each gets
+# what is left of DEADLINE_S (minus ANALYSIS_S for its analyses) as its training limit, after which the
+# trainer is sent SIGTERM, saves a checkpoint and stops, so a long run still brings back its first steps.
+# A run is skipped once less than MIN_TRAIN_S is left.
+# Per run, in OUTDIR: norm_growth_NAME.tar.xz (member_<i>/config.json and metrics.jsonl, analyses.json,
+# train.log) and the shared log norm_growth_log.txt. Unpack with
+#   python3 benchmarks/norm_growth_figures.py --unpack OUTDIR/norm_growth_*.tar.xz RAW_DIR
+# Usage: bash benchmarks/gpu_norm_growth.sh OUTDIR RUN...
+#   e.g. bash benchmarks/gpu_norm_growth.sh /tmp/out "branch branch" "post post --config.optim.warmup_steps=500"
+#   env: DEADLINE_S (540), ANALYSIS_S (90), MIN_TRAIN_S (60), EXTRA (more --config.KEY=VALUE for every run),
+#        ANALYSES (1; 0: train only, e.g. for the short probes that choose a warm-up),
 #        PYTHON (python3), RUNS (/tmp/norm_growth_runs)
 set -uo pipefail
-out=${1:-/tmp/lensjax_norm_growth}
-mkdir -p "$out"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+out=${1:?usage: bash benchmarks/gpu_norm_growth.sh OUTDIR RUN...}
+shift
+[ $# -gt 0 ] || { echo "gpu_norm_growth.sh: name at least one RUN, e.g. \"branch branch\"" >&2; exit 2; }
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=${STEPS:-2000}
-parallel=${PARALLEL:-5}
-deadline=${DEADLINE_S:-300}
-extra=${EXTRA:-}
-limit=${MEMBERS:-0}
 runs=${RUNS:-/tmp/norm_growth_runs}
-rm -rf "$runs"
-mkdir -p "$runs"
+deadline=${DEADLINE_S:-540}
+analyses=${ANALYSES:-1}
+analysis_s=${ANALYSIS_S:-90}
+[ "$analyses" = 1 ] || analysis_s=0
+min_train=${MIN_TRAIN_S:-60}
+extra=${EXTRA:-}
+mkdir -p "$out" "$runs"
 start=$SECONDS
 log="$out/norm_growth_log.txt"
-: > "$log"
 say() { echo "[$((SECONDS - start)) s] $*" | tee -a "$log"; }
-
-# One line per SWEEP member: NAME, then its overrides.
-"$py" - > "$runs/members.txt" <<'EOF'
-import importlib.util
-spec = importlib.util.spec_from_file_location("norm_growth", "configs/norm_growth.py")
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-for member in module.SWEEP:  # the format `lensjax sweep` reads: a "name" and dotted keys
-  print(member["name"], *(f"--config.{key}={value}" for key, value in member.items() if key != "name"))
-EOF
-if [ "$limit" -gt 0 ]; then head -n "$limit" "$runs/members.txt" > "$runs/m" && mv "$runs/m" "$runs/members.txt"; fi
-say "$(wc -l < "$runs/members.txt") members, $steps steps each, $parallel at a time; $("$py" -c 'import jax; print(jax.devices())' 2>&1 | tail -1)"
-
-saturation=(-m lensjax saturation)
-
-train_member() {  # NAME OVERRIDES...
-  local name=$1; shift
-  local t0=$SECONDS
-  # shellcheck disable=SC2086
-  "$py" -m lensjax train --config configs/norm_growth.py --workdir "$runs/$name" --config.train.steps="$steps" \
-    --config.logging.progress=lines "$@" $extra > "$runs/$name.train.log" 2>&1
-  local code=$?
-  echo "$code $((SECONDS - t0))" > "$runs/$name.train.status"
-  if [ "$code" -eq 0 ]; then
-    "$py" "${saturation[@]}" --workdir "$runs/$name" --json > "$runs/$name.saturation.json" 2> "$runs/$name.saturation.log"
-    echo $? > "$runs/$name.saturation.status"
-  fi
-}
-
-while read -r name overrides; do
-  if [ $((SECONDS - start)) -ge "$deadline" ]; then
-    say "skipped $name: past DEADLINE_S=$deadline"
+say "$("$py" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1)"
+for spec in "$@"; do
+  read -r name norm overrides <<< "$spec"
+  run="$runs/$name"
+  limit=$((deadline - (SECONDS - start) - analysis_s))
+  if [ "$limit" -lt "$min_train" ]; then
+    say "$name: skipped, ${limit} s left for training (MIN_TRAIN_S=$min_train)"
     continue
   fi
-  while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n; done
-  say "start $name"
+  rm -rf "$run"
+  say "$name: norm $norm $overrides, training for at most $limit s"
   # shellcheck disable=SC2086
-  train_member "$name" $overrides &
-done < "$runs/members.txt"
-wait
-say "all members done"
-
-"$py" - "$runs" "$out" <<'EOF' 2>&1 | tee -a "$log"
-import json, os, sys
-runs, out = sys.argv[1:3]
-members, saturation = {}, {}
-with open(os.path.join(out, "norm_growth_metrics.jsonl"), "w") as metrics:
-  for line in open(os.path.join(runs, "members.txt")):
-    name, *overrides = line.split()
-    workdir = os.path.join(runs, name)
-    status_path = os.path.join(runs, name + ".train.status")
-    code, seconds = (open(status_path).read().split() if os.path.exists(status_path) else ("skipped", "0"))
-    config_path = os.path.join(workdir, "config.json")
-    members[name] = {"overrides": dict(o[len("--config."):].split("=", 1) for o in overrides),
-                     "config": json.load(open(config_path)) if os.path.exists(config_path) else None,
-                     "train_seconds": float(seconds), "exit_code": code}
-    records = 0
-    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-      for record in open(os.path.join(workdir, "metrics.jsonl")):
-        if record.endswith("\n"):
-          metrics.write(json.dumps({"member": name, **json.loads(record)}) + "\n")
-          records += 1
-    result_path = os.path.join(runs, name + ".saturation.json")
-    try:
-      saturation[name] = json.loads(open(result_path).read().strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError):
-      err_path = os.path.join(runs, name + ".saturation.log")
-      saturation[name] = {"error": open(err_path).read()[-2000:] if os.path.exists(err_path) else "not run"}
-    print(f"{name}: train exit {code} in {float(seconds):.0f} s, {records} records, saturation "
-          f"{'ok' if 'error' not in saturation[name] else 'FAILED'}")
-json.dump(saturation, open(os.path.join(out, "norm_growth_saturation.json"), "w"), indent=1)
-json.dump(members, open(os.path.join(out, "norm_growth_members.json"), "w"), indent=1)
-EOF
-for f in "$runs"/*.train.log "$runs"/*.saturation.log; do
-  [ -f "$f" ] || continue
-  { echo "== $(basename "$f")"; grep -v "^\s" "$f" | tail -8; } >> "$log"
+  timeout --signal=TERM --kill-after=60 "$limit" "$py" -m lensjax train --config configs/norm_growth.py \
+    --workdir "$run" --config.model.norm="$norm" --config.logging.progress=lines $overrides $extra 2>&1 \
+    | grep --line-buffered -v "^WARNING\|^I1\|^W1\|^E1" | tee "$out/train_$name.log"
+  code=${PIPESTATUS[0]}
+  say "$name: train exit $code after $((SECONDS - start)) s"
+  if [ "$analyses" = 1 ]; then
+    "$py" benchmarks/norm_growth_analyses.py "$run" "$run/analyses.json" 2>&1 \
+      | grep --line-buffered -v "^WARNING\|^I1\|^W1\|^E1" | tee "$out/analyses_$name.log"
+    say "$name: analyses exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+  fi
+  cp "$out/train_$name.log" "$run/train.log"
+  (cd "$run" && tar cJf "$out/norm_growth_$name.tar.xz" member_*/config.json member_*/metrics.jsonl train.log \
+    $( [ -f analyses.json ] && echo analyses.json ) 2>/dev/null)
+  rm -f "$out/train_$name.log"
+  say "$name: packed $(du -h "$out/norm_growth_$name.tar.xz" | cut -f1)"
 done
-say "done; outputs in $out"
-ls -la "$out"
+say "done"

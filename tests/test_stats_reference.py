@@ -434,8 +434,8 @@ def test_dead_units_without_ffn_reports_nothing():
 
 
 def ref_groups(params, cfg):
-  """{"layer_l": [...], "embed": [...], "all": [...]}: float64 arrays of non-scalar parameters."""
-  groups = {f"layer_{l}": [] for l in range(cfg.num_layers)} | {"embed": [], "all": []}
+  """{"layer_l", "embed", "non_embed", "all"}: float64 arrays of the non-scalar parameters of each group."""
+  groups = {f"layer_{l}": [] for l in range(cfg.num_layers)} | {"embed": [], "non_embed": [], "all": []}
   for path, leaf in traverse_util.flatten_dict(params).items():
     leaf = np.asarray(leaf, np.float64)
     if path[0] == "layers":  # scanned: one slice per block, scalar by the slice's shape
@@ -448,8 +448,10 @@ def ref_groups(params, cfg):
       groups["all"].append(x.ravel())
       if name.startswith("layer_"):
         groups[name].append(x.ravel())
-      elif name in ("embed", "pos_embed", "unembed"):
+      if name in ("embed", "pos_embed", "unembed"):
         groups["embed"].append(x.ravel())
+      else:  # blocks and the final norm
+        groups["non_embed"].append(x.ravel())
   return {k: np.concatenate(v) for k, v in groups.items()}
 
 
@@ -508,6 +510,7 @@ def check_norms_and_adam(cfg, history):
     delta = theta_new - theta["all"]
     close(metrics["norm/params"], np.linalg.norm(theta["all"]))
     close(metrics["norm/params/embed"], np.linalg.norm(theta["embed"]))
+    close(metrics["norm/params/non_embedding"], np.linalg.norm(theta["non_embed"]))
     for l in range(cfg.num_layers):
       close(metrics[f"norm/params/layer_{l}"], np.linalg.norm(theta[f"layer_{l}"]))
     close(metrics["norm/update"], np.linalg.norm(delta), rtol=1e-4)
@@ -618,6 +621,7 @@ def test_train_lenses_produce_every_metric_name(adamw_run):
   flat = flatten_metrics({k: v for k, v in metrics.items() if not k.startswith("units/")})  # [L, F]: histograms
   L, H = config.model.num_layers, config.model.num_heads
   expected = {"entropy/model_token", "entropy/target_token", "entropy/kl_token", "norm/params", "norm/params/embed",
+              "norm/params/non_embedding",
               "norm/update", "norm/cos_step", "norm/alignment", "adam/update_grad_cos", "adam/update_saturated"}
   for l in range(L):
     expected |= {f"norm/params/layer_{l}", f"adam/g2_over_v/layer_{l}", f"ffn/active_token/layer_{l}",

@@ -208,12 +208,12 @@ def evaluate(fit: dict, law: str, t_N) -> np.ndarray:
 
 
 def norm_names(records: Sequence[dict]) -> list[str]:
-  """`norm/params`, then `norm/params/layer_{l}` by l, then `norm/params/embed`: those present."""
+  """`norm/params`, `norm/params/non_embedding`, `norm/params/layer_{l}` by l, `norm/params/embed`: those present."""
   present = set()
   for record in records:
     present.update(k for k in record if k.startswith("norm/params"))
   layers = sorted((int(m.group(1)), name) for name in present if (m := LAYER_NORM.match(name)))
-  names = ["norm/params"] if "norm/params" in present else []
+  names = [name for name in ("norm/params", "norm/params/non_embedding") if name in present]
   names += [name for _, name in layers]
   return names + (["norm/params/embed"] if "norm/params/embed" in present else [])
 

@@ -36,12 +36,16 @@ gives the reproduction control instead (hidden logits 0, not the lowest float).
 
 `homogeneity_cosines` is the check of which architectures the statistic is
 valid for: cos(h_l(x; c·θ), h_l(x; 1000·θ)) for small c. In a network whose
-block outputs are positively homogeneous in θ (post-LN `LN(x + f(x))` and
-`x + LN(f(x))`, with ReLU and learned positions) the direction of h_l changes
-with c only through the attention patterns hardening, while in pre-LN the
-embedding's share of the residual stream scales as c and each sublayer's as
-c³, so the cosine falls with c for a reason that has nothing to do with
-saturation.
+block outputs are positively homogeneous in θ the direction of h_l changes
+with c only through the attention patterns hardening. Of the three norm
+placements only `x + LN(f(x))` (`model.norm = "branch"`, Merrill et al.'s
+"pre_norm") is, and only without biases (`model.use_bias = False`), with ReLU
+and learned positions: both terms of the sum scale as c. In pre-LN
+`x + f(LN(x))` the embedding's share of the residual stream scales as c and a
+sublayer's as c³; in post-LN `LN(x + f(x))` the LayerNorm divides out the
+common scale but not the mix of c·x and c³·f(x), so in both the cosine moves
+with c for a reason that has nothing to do with saturation. LayerNorm's ε also
+breaks homogeneity where a branch's output is tiny (at initialisation).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def _cos(dot, sq_a, sq_b):
 
 
 class NormLens(Lens):
-  """`norm/params` (total, `/layer_{l}`, `/embed`), `norm/update`, `norm/cos_step`, `norm/alignment`."""
+  """`norm/params` (total, `/layer_{l}`, `/embed`, `/non_embedding`), `norm/update`, `norm/cos_step`, `norm/alignment`."""
   name = "norms"
 
   def __init__(self, cfg: ModelConfig):
@@ -77,6 +77,8 @@ class NormLens(Lens):
     td = group_sums(lambda t, d: t * d, cfg, view.params, view.updates).total
     new_sq = tt.total + 2.0 * td + dd  # ‖θ + δ‖²
     metrics = {"norm/params": jnp.sqrt(tt.total), "norm/params/embed": jnp.sqrt(tt.embed),
+               # Merrill et al. fit the encoder's parameters: everything but the embeddings.
+               "norm/params/non_embedding": jnp.sqrt(jnp.maximum(tt.total - tt.embed, 0.0)),
                "norm/update": jnp.sqrt(dd), "norm/cos_step": _cos(tt.total + td, tt.total, new_sq),
                "norm/alignment": _cos(td, dd, tt.total)}
     # Separate scalar keys: an [L] vector under `norm/params` would clash with the total.
