@@ -9,7 +9,7 @@
 # A run is skipped once less than MIN_TRAIN_S is left.
 # Per run, in OUTDIR: norm_growth_NAME.tar.xz (member_<i>/config.json and metrics.jsonl, analyses.json,
 # train.log) and the shared log norm_growth_log.txt. Unpack with
-#   python3 benchmarks/norm_growth_figures.py --unpack OUTDIR/norm_growth_*.tar.xz RAW_DIR
+#   python3 benchmarks/norm_growth_summary.py --unpack OUTDIR/norm_growth_*.tar.xz RAW_DIR
 # Usage: bash benchmarks/gpu_norm_growth.sh OUTDIR RUN...
 #   e.g. bash benchmarks/gpu_norm_growth.sh /tmp/out "branch branch" "post post --config.optim.warmup_steps=500"
 #   env: DEADLINE_S (540), ANALYSIS_S (90), MIN_TRAIN_S (60), EXTRA (more --config.KEY=VALUE for every run),
