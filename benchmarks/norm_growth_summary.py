@@ -12,6 +12,8 @@ members are two seeds):
     the cell with its 95% t-interval over seeds (n = 2: t = 12.71); the embeddings' p separately;
   - the relative change of the non-embedding norm over the second half of the run (its sign per seed);
   - the final training loss (mean of the last 5 logged steps);
+  - the in-training saturation cosine per layer at every `stats.saturation_every` step (the trainer's
+    `eval/saturation/layer_<l>`, causal mask), drawn over training with the norm in growth_NAME.png;
   - from analyses.json: per layer the saturation cosine at initialisation and at the end, and the
     histogram over heads of attended keys / visible keys under the causal and the multiplicative mask.
 """
@@ -103,12 +105,17 @@ def member_summary(member_dir: str) -> dict:
   p_embed, _ = exponent_from(te, ye, warmup)
   half = t >= t[-1] / 2 if t.size else t
   change = float(y[-1] / y[half][0] - 1.0) if t.size else None
+  layers = config["model"]["num_layers"]
+  saturation_steps = [r["step"] for r in records if "eval/saturation/layer_0" in r]
+  saturation_LxS = [[r[f"eval/saturation/layer_{l}"] for r in records if "eval/saturation/layer_0" in r]
+                    for l in range(layers)]
   return {"lr": config["optim"]["lr"], "weight_decay": config["optim"]["weight_decay"],
           "seed": config["train"]["seed"], "warmup": warmup, "last_step": float(t[-1]) if t.size else None,
           "p_after_warmup": p_late, "sqrt_r2_after_warmup": r2_late, "p_from_0": p_zero, "sqrt_r2_from_0": r2_zero,
           "p_embed_after_warmup": p_embed, "norm_first": float(y[0]) if y.size else None,
           "norm_last": float(y[-1]) if y.size else None, "embed_last": float(ye[-1]) if ye.size else None,
-          "second_half_change": change, "final_loss": float(np.mean(loss[-5:])) if loss.size else None}
+          "second_half_change": change, "final_loss": float(np.mean(loss[-5:])) if loss.size else None,
+          "saturation_steps": saturation_steps, "saturation_LxS": saturation_LxS}
 
 
 def saturation_summary(analyses: dict) -> dict:
@@ -201,11 +208,65 @@ def markdown(runs: dict) -> str:
   return "\n".join(lines)
 
 
-def figures(runs: dict, out_dir: str) -> None:
+def saturation_over_training(run: dict, name: str) -> tuple[list, np.ndarray]:
+  """Steps and cosine_LxS of one member: step 0 from analyses.json (where it ran), then the trainer's."""
+  m = run["members"][name]
+  steps, columns = list(m["saturation_steps"]), [list(c) for c in zip(*m["saturation_LxS"])]
+  if name in run.get("saturation", {}):
+    steps, columns = [0] + steps, [run["saturation"][name]["init"]["cosine_L"]] + columns
+  return steps, np.asarray(columns, np.float64).T
+
+
+def growth_figure(plt, run_name: str, run: dict, raw_dir: str, out_path: str) -> None:
+  """Norms and in-training saturation over steps: colour is weight decay, line style learning rate."""
+  fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+  decays = sorted({m["weight_decay"] for m in run["members"].values()})
+  colors = {wd: f"C{i}" for i, wd in enumerate(decays)}
+  for name, m in run["members"].items():
+    records = [json.loads(line) for line in read_text(os.path.join(raw_dir, name, "metrics.jsonl")).splitlines()
+               if line.strip()]
+    style = "-" if m["lr"] >= 1e-3 else "--"
+    label = f"lr {m['lr']:g} wd {m['weight_decay']:g}" if m["seed"] % 2 == 0 else None
+    for ax, metric in ((axes[0], NON_EMBEDDING), (axes[1], EMBED)):
+      t, y = series(records, metric)
+      ax.plot(t + 1, y, style, color=colors[m["weight_decay"]], alpha=0.7, lw=1, label=label)
+    steps, layers_LxS = saturation_over_training(run, name)
+    if steps:
+      axes[2].plot(steps, layers_LxS.mean(axis=0), style + "o", ms=3, color=colors[m["weight_decay"]], alpha=0.7,
+                   label=label)
+  axes[0].set(xscale="log", yscale="log", xlabel="step + 1", ylabel="‖θ‖₂ outside the embeddings",
+              title=f"{run_name}: non-embedding norm")
+  axes[1].set(xscale="log", yscale="log", xlabel="step + 1", ylabel="‖θ_embed‖₂ (token + position)",
+              title=f"{run_name}: embedding norm")
+  axes[2].set(xlabel="step", ylabel="mean over layers of cos(h_l(θ), h_l(1000θ)) (1)", ylim=(0, 1.02),
+              title=f"{run_name}: saturation over training")
+  # Layers told apart for one member: the first member with the highest learning rate and no decay.
+  chosen = min((n for n, m in run["members"].items() if m["saturation_steps"]),
+               key=lambda n: (-run["members"][n]["lr"], run["members"][n]["weight_decay"],
+                              int(n.rsplit("_", 1)[1])), default=None)
+  if chosen is not None:
+    m = run["members"][chosen]
+    steps, layers_LxS = saturation_over_training(run, chosen)
+    cmap = plt.get_cmap("viridis")
+    for l, row in enumerate(layers_LxS):
+      axes[3].plot(steps, row, "-o", ms=2, color=cmap(l / max(len(layers_LxS) - 1, 1)),
+                   label=f"layer {l}" if l in (0, len(layers_LxS) - 1) or l % 3 == 0 else None)
+    axes[3].set(xlabel="step", ylabel="cos(h_l(θ), h_l(1000θ)) (1)", ylim=(0, 1.02),
+                title=f"{chosen} (lr {m['lr']:g}, wd {m['weight_decay']:g}) per layer")
+  for ax in axes:
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+
+
+def figures(runs: dict, raw_dir: str, out_dir: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   for run_name, run in runs.items():
+    growth_figure(plt, run_name, run, os.path.join(raw_dir, run_name), os.path.join(out_dir, f"growth_{run_name}.png"))
     if "saturation" not in run:
       continue
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -250,7 +311,7 @@ def main(argv=None) -> int:
   text = markdown(runs)
   with open(os.path.join(args.out_dir, "summary.md"), "w") as f:
     f.write(text)
-  figures(runs, args.out_dir)
+  figures(runs, args.raw_dir, args.out_dir)
   print(text)
   return 0
 
