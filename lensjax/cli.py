@@ -42,8 +42,9 @@ def _bench(args, extra: list[str]) -> int:
 def _report(args, extra: list[str]) -> int:
   from lensjax.report import build
   if extra:
-    raise InputError(f"lensjax report takes no {' '.join(extra)}; pass RUN_DIR [RUN_DIR ...] --out OUT_DIR [--last N].")
-  index = build.build_report(args.run_dirs, args.out, args.last)
+    raise InputError(f"lensjax report takes no {' '.join(extra)}; pass RUN_DIR [RUN_DIR ...] --out OUT_DIR [--last N] "
+                     "[--format png|pdf|svg].")
+  index = build.build_report(args.run_dirs, args.out, args.last, args.format)
   print(f"report written to {index}")
   return 0
 
@@ -62,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
   report.add_argument("--out", required=True, help="the folder that receives index.md and the PNG figures")
   report.add_argument("--last", type=int, default=5, metavar="N",
                       help="average per-layer statistics over the last N logged steps (default 5)")
+  report.add_argument("--format", choices=("png", "pdf", "svg"), default="png",
+                      help="figure files: png (default, shown on index.md), or pdf / svg (vector, for papers; "
+                           "index.md links PDFs and shows SVGs)")
   report.set_defaults(handler=_report)
   bench = commands.add_parser("bench", help="compile and time the train steps, gradient and HVP, exact-entropy "
                               "enumeration and sampler of a config on this device",

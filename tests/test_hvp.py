@@ -26,7 +26,8 @@ from lensjax.config import Config, ModelConfig, OptimConfig
 from lensjax.errors import InputError
 from lensjax.hessian import operators
 from lensjax.hessian.metrics import hessian_metrics, update_terms
-from lensjax.hessian.spectrum import lanczos, slq, top_eigenpair, trace, tridiagonal_eigh
+from lensjax.hessian.spectrum import (extreme_eigenpairs, extreme_pairs, lanczos, slq, top_eigenpair, trace,
+                                     tridiagonal_eigh)
 from lensjax.model import Transformer
 from lensjax.ops import layers, trees
 from lensjax.ops.adam import find_adam_state
@@ -232,7 +233,8 @@ def test_hessian_metrics_for_training(mlp):
   metrics, vector = hessian_metrics(params, p["batch"], adam_state(params), adamw, 0.01, jax.random.PRNGKey(0), None,
                                       power_iters=30, trace_probes=2, loss_fn=mlp_loss)
   assert set(metrics) == {"hessian/lambda_max", "hessian/lambda_max_precond", "hessian/stability_threshold",
-                          "hessian/trace", "hessian/trace_stderr"}
+                          "hessian/trace", "hessian/trace_stderr", "hessian/lambda_maxabs",
+                          "hessian/lambda_maxabs_precond"}
   assert all(np.isfinite(float(v)) and v.dtype == jnp.float32 for v in metrics.values())
   assert float(metrics["hessian/stability_threshold"]) == pytest.approx(3800.0, rel=1e-6)
   expected = largest_magnitude(p["dense"])
@@ -249,8 +251,67 @@ def test_hessian_metrics_for_training(mlp):
   sgd = Config(optim=OptimConfig(name="sgd"))
   plain, _ = hessian_metrics(params, p["batch"], optax.sgd(0.1).init(params), sgd, 0.1, jax.random.PRNGKey(0), None,
                                power_iters=2, trace_probes=0, loss_fn=mlp_loss)
-  assert set(plain) == {"hessian/lambda_max", "hessian/stability_threshold"}
+  assert set(plain) == {"hessian/lambda_max", "hessian/lambda_maxabs", "hessian/stability_threshold"}
   assert float(plain["hessian/stability_threshold"]) == pytest.approx(20.0)
+
+
+def test_extreme_pairs_find_the_top_when_the_largest_magnitude_is_negative():
+  with jax.enable_x64(True):
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))
+    A = rotation @ np.diag([-6.0, 4.0, 2.0, 1.0, -1.0, 0.5]) @ rotation.T
+    B = -A  # its largest magnitude is positive: then the top is that one
+    apply = lambda M: (lambda v: {"x": jnp.asarray(M) @ v["x"]})
+    start = {"x": jnp.asarray(np.random.default_rng(1).normal(size=6))}
+    products = lambda vs: (apply(A)(vs[0]), apply(B)(vs[1]), apply(A)(vs[2]), apply(B)(vs[3]))
+    of_a, of_b = extreme_pairs(products, (start, start), (start, start), 200)
+  for M, found in ((A, of_a), (B, of_b)):
+    eigenvalues = np.linalg.eigvalsh(M)
+    assert float(found.top.eigenvalue) == pytest.approx(eigenvalues[-1], rel=1e-8)
+    assert float(found.magnitude.eigenvalue) == pytest.approx(largest_magnitude(M), rel=1e-8)
+    u = flat(found.top.vector)
+    assert float(found.top.residual) == pytest.approx(np.linalg.norm(M @ u - eigenvalues[-1] * u), abs=1e-6)
+  assert float(of_a.top.eigenvalue) == pytest.approx(4.0) and float(of_a.magnitude.eigenvalue) == pytest.approx(-6.0)
+
+
+def test_top_eigenvalue_of_an_indefinite_hessian_against_eigh(mlp):
+  # The tanh network's loss minus μ‖θ‖² shifts every eigenvalue by −2μ: with 2μ = 0.6·λ_top the most negative
+  # eigenvalue outweighs the top in magnitude, the case where plain power iteration reports a negative "λ_max".
+  p = mlp
+  eigenvalues = np.linalg.eigvalsh(p["dense"])
+  mu = 0.3 * eigenvalues[-1]
+  shifted = lambda params, batch: mlp_loss(params, batch) - mu * trees.tree_dot(params, params)
+  expected = eigenvalues - 2 * mu
+  assert abs(expected[0]) > abs(expected[-1]) > 0 and expected[-1] > 0
+  with jax.enable_x64(True):
+    found = extreme_eigenpairs(shifted, p["params"], p["batch"], random_vector(p, 2), 300)
+    assert float(found.top.eigenvalue) == pytest.approx(expected[-1], rel=1e-6)
+    assert float(found.magnitude.eigenvalue) == pytest.approx(expected[0], rel=1e-6)
+    sgd = Config(optim=OptimConfig(name="sgd"))
+    metrics, _ = hessian_metrics(p["params"], p["batch"], optax.sgd(0.1).init(p["params"]), sgd, 0.1,
+                                 jax.random.PRNGKey(0), None, power_iters=300, trace_probes=0, loss_fn=shifted)
+    assert float(metrics["hessian/lambda_max"]) == pytest.approx(expected[-1], rel=1e-6)
+    assert float(metrics["hessian/lambda_maxabs"]) == pytest.approx(expected[0], rel=1e-6)
+    # Preconditioned: S H S is congruent to H, so it is indefinite too; its top against the dense one.
+    opt_state = adam_state(p["params"])
+    scale = operators.preconditioner_scale(opt_state, OptimConfig(name="adamw", b2=0.95, eps=1e-3))
+    s = flat(scale)
+    dense = s[:, None] * (p["dense"] - 2 * mu * np.eye(p["n"])) * s[None, :]
+    found = extreme_eigenpairs(shifted, p["params"], p["batch"], random_vector(p, 3), 600, scale=scale)
+  dense_eigenvalues = np.linalg.eigvalsh(dense)
+  assert float(found.top.eigenvalue) == pytest.approx(dense_eigenvalues[-1], rel=1e-5)
+  assert float(found.magnitude.eigenvalue) == pytest.approx(largest_magnitude(dense), rel=1e-5)
+
+
+def test_slq_trace_standard_error_is_the_spread_over_its_probes(mlp):
+  p = mlp
+  key = jax.random.PRNGKey(9)
+  with jax.enable_x64(True):
+    spectrum = slq(p["loss_fn"], p["params"], p["batch"], key, num_steps=8, num_probes=3)
+    # Degree-1 quadrature is exact: each probe contributes zᵀHz for its Rademacher z.
+    per_probe = [flat(trees.tree_rademacher(jax.random.fold_in(key, i), p["params"])) for i in range(3)]
+  samples = np.array([z @ p["dense"] @ z for z in per_probe])
+  assert spectrum.trace == pytest.approx(samples.mean(), rel=1e-9)
+  assert spectrum.trace_stderr == pytest.approx(samples.std(ddof=1) / np.sqrt(3), rel=1e-9)
 
 
 def test_a_cudnn_path_hvp_is_an_input_error():

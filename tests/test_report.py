@@ -300,3 +300,31 @@ def test_a_histogram_of_one_value_stays_inside_the_quantity_s_range():
     assert (bins[0], bins[-1]) == pytest.approx((low, high)) and len(bins) == 31, values
   spread = _histogram_bins(np.asarray([0.1, 0.4]), False, (0.0, 1.0))
   assert (spread[0], spread[-1]) == pytest.approx((0.1, 0.4))
+
+
+def test_the_analyses_a_run_holds_get_their_section(tmp_path):
+  run = minimal_run(tmp_path / "analysed")
+  before = build.build_report([run], str(tmp_path / "before"))
+  assert "### Analyses" not in open(before).read()  # nothing analysed: no section
+  os.makedirs(os.path.join(run, "analyses"))
+  with open(os.path.join(run, "analyses", "hessian_000020.json"), "w") as f:
+    json.dump({"step": 20, "hessian/lambda_max": 3.0, "hessian/lambda_maxabs": -5.0, "hessian/trace": 1.0,
+               "hessian/trace_stderr": 0.5, "hessian/stability_threshold": 200.0, "slq_trace": 1.2,
+               "slq_trace_stderr": 0.7, "top_eigenvalues": [3.0, 1.0],
+               "density": {"nodes": [-5.0, 1.0, 3.0], "weights": [0.2, 0.5, 0.3]}}, f)
+  with open(os.path.join(run, "analyses", "entropy_000020.json"), "w") as f:
+    json.dump({"step": 20, "method": "exact", "eval/entropy_model_seq": 4.0, "eval/entropy_target_seq": 4.5,
+               "eval/kl_seq": 0.3}, f)
+  with open(os.path.join(run, "analyses", "saturation_000020.json"), "w") as f:
+    json.dump({"step": 20, "scale": 1000.0, "eval/saturation/layer_0": 0.9, "eval/saturation/layer_1": 0.5,
+               "eval/saturated_head/layer_0/head_0": 1.0, "eval/saturated_head/layer_0/head_1": 4.0,
+               "saturated_head_histogram": {"edges": [0.0, 0.5, 1.0], "counts": [1, 1]}}, f)
+  index = build.build_report([run], str(tmp_path / "after"), figure_format="pdf")
+  markdown = open(index).read()
+  assert "### Analyses" in markdown and "1 of 2 heads" in markdown and "largest |λ| -5" in markdown
+  for what in ("curvature", "hessian_density", "saturation", "entropy_analysis"):
+    path = tmp_path / "after" / f"analysed_{what}.pdf"
+    assert path.read_bytes().startswith(b"%PDF"), what
+    assert f"(analysed_{what}.pdf)" in markdown
+  with pytest.raises(InputError, match="--format"):
+    build.build_report([run], str(tmp_path / "bad"), figure_format="jpg")

@@ -190,13 +190,15 @@ def test_the_hessian_command(trained, capsys):
   argv = ["hessian", "--workdir", workdir, "--step", "12", "--power-iters", "60", "--trace-probes", "4",
           "--lanczos-steps", "24", "--slq-probes", "2", "--top-k", "3", "--json"]
   assert cli.main(argv) == 0
-  results = json.loads(capsys.readouterr().out)
+  captured = capsys.readouterr()
+  results = json.loads(captured.out)
   assert results["step"] == 12
-  top = results["hessian/lambda_max"]
-  # Two independent algorithms agree on the extreme of the spectrum: power iteration finds the eigenvalue of largest
-  # magnitude (near a spike it can be negative), Lanczos the Ritz values at both ends.
+  top, magnitude = results["hessian/lambda_max"], results["hessian/lambda_maxabs"]
+  # Two independent algorithms agree on both ends of the spectrum: the power iterations find the top eigenvalue and
+  # the one of largest magnitude (near a spike it can be negative), Lanczos the Ritz values at both ends.
   nodes = np.asarray(results["density"]["nodes"])
-  assert nodes[np.argmax(np.abs(nodes))] == pytest.approx(top, rel=0.05)
+  assert nodes.max() == pytest.approx(top, rel=0.05) and top >= magnitude
+  assert nodes[np.argmax(np.abs(nodes))] == pytest.approx(magnitude, rel=0.05)
   assert results["lambda_max_residual"] < 0.1 * abs(top)
   assert len(results["top_eigenvalues"]) == 3 and results["top_eigenvalues"] == sorted(results["top_eigenvalues"])[::-1]
   assert sum(results["density"]["weights"]) == pytest.approx(1.0, abs=1e-6)
@@ -206,6 +208,10 @@ def test_the_hessian_command(trained, capsys):
   # A diagonal block's top eigenvalue is at most the whole matrix's (Cauchy interlacing).
   assert abs(results["hessian/lambda_max/layer_0"]) <= abs(top) * 1.01
   assert os.path.isfile(results["png"]) and results["png"].startswith(os.path.join(workdir, "hessian"))
+  assert np.isfinite(results["slq_trace_stderr"])
+  # The result is kept in the run directory for lensjax report.
+  with open(os.path.join(workdir, "analyses", "hessian_000012.json")) as f:
+    assert json.load(f)["hessian/lambda_max"] == pytest.approx(top)
   assert cli.main(["hessian", "--workdir", workdir, "--power-iters", "0"]) == 2
   assert "--power-iters" in capsys.readouterr().err
   assert cli.main(["hessian", "--workdir", workdir, "--step", "5"]) == 2  # no checkpoint at step 5

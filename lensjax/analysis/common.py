@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -70,14 +71,49 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
 
 
-def report(loaded: LoadedRun, results: dict, summary: str, as_json: bool, scalars: dict | None = None) -> None:
-  """Prints the summary or the JSON object, and logs `scalars` (default: the numeric results) to TensorBoard."""
+ANALYSES_DIR = "analyses"  # W/analyses/{analysis}_{step:06d}.json: what `lensjax report` draws
+
+
+def analysis_path(workdir: str, analysis: str, step: int) -> str:
+  return os.path.join(workdir, ANALYSES_DIR, f"{analysis}_{step:06d}.json")
+
+
+def _jsonable(value):
+  """NaN and infinities become null, arrays lists: the file must parse with any JSON reader."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if hasattr(value, "tolist"):
+    return _jsonable(value.tolist())
+  return value
+
+
+def write_analysis(workdir: str, analysis: str, step: int, results: dict) -> str:
+  """W/analyses/{analysis}_{step}.json = {"step", **results}, written whole then renamed (no partial file)."""
+  path = analysis_path(workdir, analysis, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(_jsonable({"step": step, **results}), f)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def report(loaded: LoadedRun, results: dict, summary: str, as_json: bool, scalars: dict | None = None,
+           analysis: str | None = None) -> None:
+  """Prints the summary or the JSON object, logs `scalars` (default: the numeric results) to TensorBoard and,
+  given the `analysis` name, keeps the results in the run directory for `lensjax report` (`write_analysis`)."""
   if scalars is None:
     scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
   if jax.process_index() == 0 and scalars:
     writer = SummaryWriter(os.path.join(loaded.workdir, "tb"))
     writer.scalars(loaded.step, scalars)
     writer.close()
+  if jax.process_index() == 0 and analysis is not None:
+    write_analysis(loaded.workdir, analysis, loaded.step, results)
   if as_json:
     print(json.dumps({"step": loaded.step, **results}, default=float))
   else:

@@ -26,7 +26,7 @@ def run(args, extra: list[str]) -> int:
   results = evaluator.evaluate(loaded.params, entropy.analysis_key(loaded.config, loaded.step), method=args.method,
                                samples=args.samples, max_enumerate=args.max_enumerate)
   common.report(loaded, results, entropy.summary(results, loaded.step), args.json,
-                scalars=entropy.metrics_only(results))
+                scalars=entropy.metrics_only(results), analysis="entropy")
   return 0
 
 

@@ -140,7 +140,8 @@ def run(args, extra: list[str] | None = None) -> int:
   # The control's numbers are not the metrics of docs/metrics.md: they stay out of TensorBoard.
   scalars = {k: v for k, v in results.items() if k.startswith(("eval/saturation/", "eval/saturated_head/"))
              and args.mask == "causal"}
-  common.report(loaded, results, summary_text(results, loaded.step, arrays), args.json, scalars)
+  common.report(loaded, results, summary_text(results, loaded.step, arrays), args.json, scalars,
+                analysis="saturation" if args.mask == "causal" else "saturation_" + args.mask)
   fraction = np.asarray(arrays["key_fraction_LxH"]).reshape(-1)
   if jax.process_index() == 0 and fraction.size and args.mask == "causal":
     writer = SummaryWriter(os.path.join(loaded.workdir, "tb"))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lensjax.analysis.records import series
-from lensjax.hessian.metrics import hessian_core, initial_vectors, optim_spec, update_terms
+from lensjax.hessian.metrics import (RESIDUAL_NAMES, hessian_core, initial_vectors, optim_spec, update_terms,
+                                    vector_shardings_like)
 from lensjax.hessian.operators import make_loss_fn, plain_batch
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.names import flatten_metrics
@@ -173,7 +174,7 @@ class StepAnalyser:
     iters = self.power_iters
     if self.vectors is None:
       self.vectors, iters = initial_vectors(before.params, key), self.cold_iters
-    vectors = match_shardings(self.vectors, {"hessian": before.params, "precond": before.params})
+    vectors = match_shardings(self.vectors, vector_shardings_like(before.params))
     curvature, self.vectors, residuals = hessian_core(
         self.loss_fn, before.params, batch, before.opt_state, metrics["train/lr"], key, vectors,
         power_iters=iters, optim=self.optim, trace_probes=0)
@@ -184,7 +185,7 @@ class StepAnalyser:
     record.update({k: v for k, v in flatten_metrics(logged).items() if k.startswith(TIMELINE_PREFIXES)})
     record.update(flatten_metrics(curvature))
     record.update(flatten_metrics(terms))
-    record.update({f"lambda_max{'' if k == 'hessian' else '_precond'}_residual": float(v) for k, v in residuals.items()})
+    record.update({RESIDUAL_NAMES[k]: float(v) for k, v in residuals.items()})
     self.records.append(record)
 
 

@@ -18,7 +18,7 @@ from lensjax.config import Config
 from lensjax.hessian.operators import (LossFn, MatVec, Tree, explain_trace_errors, hessian_operator, hvps,
                                        make_loss_fn, over_micro_batches, plain_batch, preconditioner_scale, scaled,
                                        stability_threshold)
-from lensjax.hessian.spectrum import hutchinson_trace, power_iterations
+from lensjax.hessian.spectrum import extreme_pairs, hutchinson_trace
 from lensjax.ops.adam import find_adam_state
 from lensjax.ops.arrays import F32
 from lensjax.ops.trees import match_shardings, tree_dot, tree_normalize, tree_random_normal, tree_sub
@@ -80,14 +80,29 @@ def optim_spec(optim_cfg) -> OptimSpec:
   return OptimSpec(optim_cfg.name, float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps))
 
 
+# The power iterations' vectors, warm starts of the next call: the top eigenvector and the largest-magnitude one,
+# of H and of the preconditioned operator.
+VECTOR_KEYS = ("hessian", "precond", "hessian_magnitude", "precond_magnitude")
+
+
 @jax.jit
 def initial_vectors(params: Tree, key) -> dict:
-  """Random unit start vectors of the power iterations (H and, for Adam, the preconditioned operator).
+  """Random unit start vectors of the power iterations (`VECTOR_KEYS`).
 
   Jitted: op by op, the per-leaf random draws and sums would each compile separately.
   """
-  return {"hessian": tree_normalize(tree_random_normal(jax.random.fold_in(key, 0), params)),
-          "precond": tree_normalize(tree_random_normal(jax.random.fold_in(key, 1), params))}
+  return {name: tree_normalize(tree_random_normal(jax.random.fold_in(key, i), params))
+          for i, name in enumerate(VECTOR_KEYS)}
+
+
+# What each of `hessian_core`'s residuals ‖Av − λv‖ is called in the analyses' records.
+RESIDUAL_NAMES = {"hessian": "lambda_max_residual", "hessian_magnitude": "lambda_maxabs_residual",
+                  "precond": "lambda_max_precond_residual", "precond_magnitude": "lambda_maxabs_precond_residual"}
+
+
+def vector_shardings_like(params: Tree) -> dict:
+  """The `like` argument of `match_shardings` for the vectors: each laid out as the parameters."""
+  return {name: params for name in VECTOR_KEYS}
 
 
 def hessian_metrics(params: Tree, batch: dict, opt_state, cfg: Config, lr, key, prev_vector: dict | None = None, *,
@@ -99,15 +114,16 @@ def hessian_metrics(params: Tree, batch: dict, opt_state, cfg: Config, lr, key, 
   consumes `batch`), `lr` = the schedule at that step, and the previous call's
   `vector` (None the first time: a random start from `key`) so that the power
   iterations are warm-started. Metrics are device scalars; nothing is fetched.
-  Cost: power_iters + 1 passes that each give two Hessian-vector products
-  from one primal pass (H and the preconditioned operator), and trace_probes
-  products. `hessian/lambda_max_precond` is present for Adam and NaN before
-  its first update. `loss_fn` defaults to `make_loss_fn(cfg.model)`.
+  Cost: power_iters + 1 passes that each give four Hessian-vector products
+  from one primal pass (the top and the largest-magnitude iterations of H and
+  of the preconditioned operator, `spectrum.extreme_pairs`), and trace_probes
+  products. `hessian/lambda_max_precond` and `_maxabs_precond` are present for
+  Adam and NaN before its first update. `loss_fn` defaults to `make_loss_fn(cfg.model)`.
   """
   loss_fn = loss_fn or make_loss_fn(cfg.model)
   if prev_vector is None:
     prev_vector = initial_vectors(params, jax.random.fold_in(key, 1))
-  prev_vector = match_shardings(prev_vector, {"hessian": params, "precond": params})
+  prev_vector = match_shardings(prev_vector, vector_shardings_like(params))
   metrics, vector, _ = hessian_core(loss_fn, params, plain_batch(batch), opt_state, lr, key, prev_vector,
                                     optim=optim_spec(cfg.optim), power_iters=power_iters, trace_probes=trace_probes,
                                     num_micro=num_micro)
@@ -125,17 +141,25 @@ def hessian_core(loss_fn, params, batch, opt_state, lr, key, vectors, *, optim, 
   products = lambda vs: hvps(loss_fn, params, batch, vs, num_micro)
   scale = preconditioner_scale(opt_state, optim)
   if scale is None:
-    (top,) = power_iterations(products, (vectors["hessian"],), power_iters)
+    (plain,) = extreme_pairs(products, (vectors["hessian_magnitude"],), (vectors["hessian"],), power_iters)
   else:
-    # H v and H (S v_p) in one pass: the two iterations share the primal forward and backward.
-    both = lambda vs: (lambda hv, hsv: (hv, scaled(hsv, scale)))(*products((vs[0], scaled(vs[1], scale))))
-    top, precond = power_iterations(both, (vectors["hessian"], vectors["precond"]), power_iters)
-  metrics = {"hessian/lambda_max": top.eigenvalue, "hessian/stability_threshold": stability_threshold(optim, lr)}
-  out, residuals = {"hessian": top.vector, "precond": vectors["precond"]}, {"hessian": top.residual}
+    # H v and S H S v for the four vectors in one pass: the iterations share the primal forward and backward.
+    def both(vs):
+      hv_mag, hsv_mag, hv_top, hsv_top = products((vs[0], scaled(vs[1], scale), vs[2], scaled(vs[3], scale)))
+      return hv_mag, scaled(hsv_mag, scale), hv_top, scaled(hsv_top, scale)
+    plain, precond = extreme_pairs(both, (vectors["hessian_magnitude"], vectors["precond_magnitude"]),
+                                   (vectors["hessian"], vectors["precond"]), power_iters)
+  metrics = {"hessian/lambda_max": plain.top.eigenvalue, "hessian/lambda_maxabs": plain.magnitude.eigenvalue,
+             "hessian/stability_threshold": stability_threshold(optim, lr)}
+  out = {"hessian": plain.top.vector, "hessian_magnitude": plain.magnitude.vector, "precond": vectors["precond"],
+         "precond_magnitude": vectors["precond_magnitude"]}
+  residuals = {"hessian": plain.top.residual, "hessian_magnitude": plain.magnitude.residual}
   if scale is not None:
     started = find_adam_state(opt_state).count > 0
-    metrics["hessian/lambda_max_precond"] = jnp.where(started, precond.eigenvalue, jnp.nan)
-    out["precond"], residuals["precond"] = precond.vector, precond.residual
+    metrics["hessian/lambda_max_precond"] = jnp.where(started, precond.top.eigenvalue, jnp.nan)
+    metrics["hessian/lambda_maxabs_precond"] = jnp.where(started, precond.magnitude.eigenvalue, jnp.nan)
+    out["precond"], residuals["precond"] = precond.top.vector, precond.top.residual
+    out["precond_magnitude"], residuals["precond_magnitude"] = precond.magnitude.vector, precond.magnitude.residual
   matvec = hessian_operator(loss_fn, params, batch, num_micro)
   if trace_probes:
     metrics["hessian/trace"], metrics["hessian/trace_stderr"] = hutchinson_trace(

@@ -1,11 +1,13 @@
 """Eigenvalues, spectral densities and traces of an operator v ↦ Av, from its products alone.
 
   power_iteration     λ of largest magnitude (sign kept), its vector, ‖Av − λv‖
+  extreme_pairs       the top (algebraic) eigenvalue next to the largest-magnitude
+                      one, by a power iteration shifted by the latter
   lanczos + slq       Ritz values (top-k eigenvalues) and a stochastic Lanczos
                       quadrature spectral density (nodes, weights)
   hutchinson_trace    tr(A) with Rademacher probes, and its standard error
 
-`top_eigenpair`, `slq` and `trace` apply them to the Hessian of a plain loss
+`extreme_eigenpairs` (`top_eigenpair`), `slq` and `trace` apply them to the Hessian of a plain loss
 (lensjax.hessian.operators), optionally preconditioned or restricted to a block.
 """
 
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lensjax.hessian.operators import (LossFn, MatVec, Tree, check_micro, explain_trace_errors, hessian_operator,
-                                       masked, preconditioned, restrict)
+                                       hvps, masked, preconditioned, restrict, scaled)
 from lensjax.ops.arrays import F32
 from lensjax.ops.trees import (accumulate_dtype, tree_add, tree_dot, tree_norm, tree_normalize, tree_rademacher,
                                tree_scale, tree_size)
@@ -63,6 +65,61 @@ def power_iterations(matvecs: Callable[[tuple], tuple], v0s: tuple, num_iters) -
 def power_iteration(matvec: MatVec, v0: Tree, num_iters) -> PowerResult:
   """Power iteration on one operator: largest |lambda| with its sign, the unit vector, the residual."""
   return power_iterations(lambda vs: (matvec(vs[0]),), (v0,), num_iters)[0]
+
+
+class Extremes(NamedTuple):
+  top: PowerResult  # the largest (algebraic) eigenvalue: the one a stability threshold is compared with
+  magnitude: PowerResult  # the eigenvalue of largest |λ|, sign kept (negative when H is indefinite enough)
+
+
+def extreme_pairs(matvecs: Callable[[tuple], tuple], magnitude_v0s: tuple, top_v0s: tuple,
+                  num_iters) -> tuple[Extremes, ...]:
+  """For each of n operators, its top eigenvalue and its largest-magnitude one, from 2n products per turn.
+
+  Plain power iteration finds the largest |λ|; on an indefinite Hessian that can
+  be a negative λ (a saddle direction), which says nothing about stability.
+  The top eigenvalue is found by a second power iteration on A − σI, σ =
+  min(λ_|max|, 0) from the first one's current Rayleigh quotient: A − σI has
+  eigenvalues λ − σ ≥ 0 (up to the first iteration's error), the largest being
+  λ_top − σ. Both iterations run in one loop, their products in one call of
+  `matvecs` (for the Hessian: one primal pass with 2n tangents), so the top
+  eigenvalue costs tangents, not passes. Lanczos would give both ends too, but
+  keeps K copies of the parameters, too many inside training. When σ = 0 (λ_|max|
+  ≥ 0, so it is the top) the second iteration is a plain one from another start.
+  The reported top is the larger of the two Rayleigh quotients: every Rayleigh
+  quotient is a lower bound of λ_top, so the larger is the better estimate.
+
+  `matvecs` maps a tuple of 2n vectors to their images (the magnitude vectors
+  first); returns one `Extremes` per operator.
+  """
+  n = len(magnitude_v0s)
+
+  def body(_, carry):
+    vs, images = carry
+    magnitude_vs = tuple(tree_normalize(image) for image in images[:n])
+    # The shift is this turn's estimate of the largest |λ| when negative, 0 otherwise; shifted images
+    # are formed from the raw ones here, so the carry keeps A·v and the Rayleigh quotients stay those of A.
+    shifts = tuple(jnp.minimum(tree_dot(v, image), 0.0) for v, image in zip(vs[:n], images[:n]))
+    top_vs = tuple(tree_normalize(tree_add(image, v, -shift)) for v, image, shift in zip(vs[n:], images[n:], shifts))
+    new_vs = magnitude_vs + top_vs
+    new_images = matvecs(new_vs)
+    return new_vs, tuple(jax.tree.map(lambda y, x: y.astype(x.dtype), image, v) for image, v in zip(new_images, new_vs))
+
+  # Turn 0 sees the start vectors as their own images: the shift is min(‖v0‖², 0) = 0, each start is normalised.
+  v0s = tuple(magnitude_v0s) + tuple(top_v0s)
+  vs, images = jax.lax.fori_loop(0, num_iters + 1, body, (v0s, v0s))
+
+  def result(v, image):
+    eigenvalue = tree_dot(v, image)
+    return PowerResult(eigenvalue, v, tree_norm(tree_add(image, v, -eigenvalue)))
+
+  out = []
+  for i in range(n):
+    magnitude, shifted = result(vs[i], images[i]), result(vs[n + i], images[n + i])
+    better = shifted.eigenvalue >= magnitude.eigenvalue
+    top = jax.tree.map(lambda a, b: jnp.where(better, a, b), shifted, magnitude)
+    out.append(Extremes(top, magnitude))
+  return tuple(out)
 
 
 # --------------------------------------------------------------------------
@@ -130,6 +187,10 @@ class Spectrum(NamedTuple):
   nodes: np.ndarray  # SLQ quadrature nodes (Ritz values of every probe)
   weights: np.ndarray  # their weights: sum 1, the spectral density is Σ w δ(λ − node)
   trace: float  # n · Σ w·node: the SLQ estimate of tr(H)
+  # Its standard error over the probes (NaN for one probe). With a Rademacher probe z (‖z‖² = n) the quadrature is
+  # exact for degree 1, so each probe's n·Σ w·node is zᵀHz: the SLQ trace is Hutchinson's estimator on these few
+  # probes, and its error is the spread of zᵀHz over them divided by √probes.
+  trace_stderr: float
 
 
 def _operator(loss_fn, params, batch, scale, mask, num_micro) -> MatVec:
@@ -162,17 +223,19 @@ def slq(loss_fn: LossFn, params: Tree, batch: dict, key, num_steps: int = 30, nu
   n = tree_size(params) if mask is None else int(sum(np.sum(np.broadcast_to(np.asarray(m), x.shape))
                                                      for m, x in zip(jax.tree.leaves(mask), jax.tree.leaves(params))))
   scale, mask = _full_scale_and_mask(params, scale, mask)
-  nodes, weights, top = [], [], None
+  nodes, weights, top, per_probe = [], [], None, []
   for probe in range(num_probes):
     alphas, betas = _lanczos_jit(loss_fn, params, batch, jax.random.fold_in(key, probe), scale, mask,
                                  num_steps=num_steps, num_micro=num_micro)
     ritz, tau2 = tridiagonal_eigh(alphas, betas)
     nodes.append(ritz)
     weights.append(tau2 / num_probes)
+    per_probe.append(n * float(np.sum(tau2 * ritz)))
     if top is None:
       top = ritz[::-1][:top_k]
   nodes, weights = np.concatenate(nodes), np.concatenate(weights)
-  return Spectrum(top, nodes, weights, float(n * np.sum(weights * nodes)))
+  stderr = float(np.std(per_probe, ddof=1) / math.sqrt(num_probes)) if num_probes > 1 else math.nan
+  return Spectrum(top, nodes, weights, float(n * np.sum(weights * nodes)), stderr)
 
 
 # --------------------------------------------------------------------------
@@ -180,17 +243,29 @@ def slq(loss_fn: LossFn, params: Tree, batch: dict, key, num_steps: int = 30, nu
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_micro"))
-def _top_eigenpair_jit(loss_fn, params, batch, v0, num_iters, scale, mask, *, num_micro):
-  return power_iteration(_operator(loss_fn, params, batch, scale, mask, num_micro), masked(v0, mask), num_iters)
+def _extreme_eigenpairs_jit(loss_fn, params, batch, v0, num_iters, scale, mask, *, num_micro):
+  # Both vectors through one primal pass (`hvps`): one copy of the operator in the traced loop.
+  outer = lambda v: masked(scaled(v, scale), mask)  # M S: the operator is (M S) H (S M), M and S diagonal
+  products = lambda vs: tuple(outer(hv) for hv in hvps(loss_fn, params, batch, tuple(outer(v) for v in vs), num_micro))
+  start = masked(v0, mask)
+  (extremes,) = extreme_pairs(products, (start,), (start,), num_iters)
+  return extremes
 
 
 @explain_trace_errors
-def top_eigenpair(loss_fn: LossFn, params: Tree, batch: dict, v0: Tree, num_iters, scale: Tree | None = None,
-                  mask: Tree | None = None, num_micro: int = 1) -> PowerResult:
-  """Power iteration on H (S H S with `scale` = P^{-1/2}; the block of H on `mask`), warm-started from `v0`."""
+def extreme_eigenpairs(loss_fn: LossFn, params: Tree, batch: dict, v0: Tree, num_iters, scale: Tree | None = None,
+                       mask: Tree | None = None, num_micro: int = 1) -> Extremes:
+  """Top and largest-magnitude eigenpairs of H (S H S with `scale` = P^{-1/2}; the block of H on `mask`),
+  both iterations warm-started from `v0` (`extreme_pairs`)."""
   check_micro(batch, num_micro)
   scale, mask = _full_scale_and_mask(params, scale, mask)
-  return _top_eigenpair_jit(loss_fn, params, batch, v0, num_iters, scale, mask, num_micro=num_micro)
+  return _extreme_eigenpairs_jit(loss_fn, params, batch, v0, num_iters, scale, mask, num_micro=num_micro)
+
+
+def top_eigenpair(loss_fn: LossFn, params: Tree, batch: dict, v0: Tree, num_iters, scale: Tree | None = None,
+                  mask: Tree | None = None, num_micro: int = 1) -> PowerResult:
+  """The top (algebraic) eigenpair of `extreme_eigenpairs`."""
+  return extreme_eigenpairs(loss_fn, params, batch, v0, num_iters, scale, mask, num_micro).top
 
 
 def hutchinson_trace(matvec: MatVec, like: Tree, key, num_probes: int):

@@ -31,7 +31,9 @@ class Progress:
     if self._clock is None:
       self._clock = (step, now)
     first_step, first_time = self._clock
-    parts = [f"step {step + 1}/{self.total}"]
+    # The step as metrics.jsonl and the checkpoints number it (docs/metrics.md, "Step numbering": step t starts
+    # from t completed updates), and beside it the updates completed once it ran.
+    parts = [f"step {step} ({step + 1}/{self.total} updates)"]
     for key, label in (("train/loss", "loss"), ("eval/loss", "eval"), ("perf/tokens_per_s", "tok/s")):
       if key in metrics:
         parts.append(f"{label} {metrics[key]:.4g}" if label != "tok/s" else f"{label} {metrics[key]:,.0f}")
@@ -50,3 +52,56 @@ class Progress:
     if self.enabled and self.live:
       self.stream.write("\n")
       self.stream.flush()
+
+
+class Stages:
+  """What a long command is doing, on stderr: one line per stage, and per item of a counted stage with an ETA.
+
+  On a terminal a counted stage rewrites its line in place; elsewhere (a log file, a pipe, a test) every stage
+  and item is a line of its own, so that a log shows how far the command got. The ETA of item i of n is the
+  mean time of the items after the first (which compiles) times the items left; none before the second item.
+  """
+
+  def __init__(self, command: str, stream=None, enabled: bool | None = None):
+    self.command = command
+    self.stream = stream or sys.stderr
+    self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._start = time.perf_counter()
+    self._items: list[float] = []  # start times of the current counted stage's items
+    self._pending_newline = False
+
+  def _write(self, text: str, rewrite: bool = False) -> None:
+    if not self.enabled:
+      return
+    line = f"{self.command}: {text}  [{_duration(time.perf_counter() - self._start)}]"
+    if self.live and rewrite:
+      self.stream.write("\r" + line.ljust(100))
+      self._pending_newline = True
+    else:
+      self.stream.write(("\n" if self._pending_newline else "") + line + "\n")
+      self._pending_newline = False
+    self.stream.flush()
+
+  def stage(self, text: str) -> None:
+    """A stage of its own line (`compiling and running the power iterations`)."""
+    self._items = []
+    self._write(text)
+
+  def item(self, index: int, count: int, text: str) -> None:
+    """Item `index` (0-based) of `count` starts: `text 2/5, ETA 0:01:10`."""
+    now = time.perf_counter()
+    if index == 0:
+      self._items = []
+    self._items.append(now)
+    eta = ""
+    if len(self._items) > 2:  # the first item compiles: the rate comes from the ones after it
+      per_item = (now - self._items[1]) / (len(self._items) - 2)
+      eta = f", ETA {_duration(per_item * (count - index))}"
+    elif index == 0:
+      eta = ", compiling" if count else ""
+    self._write(f"{text} {index + 1}/{count}{eta}", rewrite=True)
+
+  def done(self, text: str = "done") -> None:
+    self._items = []
+    self._write(text)

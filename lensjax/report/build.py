@@ -1,11 +1,14 @@
 """`lensjax report`: which figures a run gets, their file names, and the page that shows them.
 
-Each run's figures are named `{run}_{what}.png` in one flat output folder, so
+Each run's figures are named `{run}_{what}.png` (or .pdf / .svg with `--format`, for papers) in one flat output
+folder, so
 `index.md` links them with bare file names and the folder can be moved or
 zipped whole. A figure is drawn only when its metrics were logged. Runs that
 `lensjax sweep` trained carry an entropy.json; when two or more models do,
 `size_*.png` draws H(Q) against H(P), the gap, KL and sparsity against the
-parameter count (lensjax/report/sizes.py). An ensemble directory stands for
+parameter count (lensjax/report/sizes.py). What `lensjax hessian`, `entropy`, `saturation`
+and `spikes` left in a run directory, and the in-training `hessian/*`, make
+its "Analyses" section (lensjax/report/analyses_section.py). An ensemble directory stands for
 its members; replicas of one setting get a seed-ensemble section, each scalar
 with its 95% Student-t interval over members (lensjax/report/ensemble.py).
 """
@@ -23,6 +26,7 @@ from lensjax.analysis.records import family_layers, series
 from lensjax.errors import InputError
 from lensjax.report import ensemble, ensemble_section, figures_events, figures_growth, figures_layers, figures_scalars
 from lensjax.report import page
+from lensjax.report.analyses_section import analyses_section
 from lensjax.report import runs as runs_lib
 from lensjax.report import sizes
 from lensjax.report.page import FigureEntry, Section, figure_entry
@@ -32,6 +36,8 @@ from lensjax.report.size_section import size_figures
 from lensjax.report.tokens_section import tokens_markdown
 
 DEFAULT_LAST_N = 5
+# Figure file formats: PNG for the page, PDF or SVG (vector) for papers; matplotlib picks the writer by extension.
+FORMATS = ("png", "pdf", "svg")
 # Where a per-layer statistic was measured: (metric prefix, panel title).
 VARIANTS = (("", "training batch"), ("probe/", "fixed probe batch"), ("eval/", "held-out batches"))
 
@@ -96,8 +102,11 @@ OPTIMISER_VIEWS = (
 ATTENTION_SCALARS = (("attn/max_logit", "largest attention logit"), ("attn/sink", "attention mass on position 0"))
 
 
-def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LAST_N) -> str:
+def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LAST_N,
+                 figure_format: str = "png") -> str:
   """Loads every run, draws its figures into `out_dir` and writes `out_dir/index.md`; returns its path."""
+  if figure_format not in FORMATS:
+    raise InputError(f"--format {figure_format} is not one of {', '.join(FORMATS)}; pass e.g. --format pdf.")
   if last_n < 1:
     raise InputError(f"--last must be at least 1, got {last_n}; pass e.g. --last {DEFAULT_LAST_N}.")
   if not run_dirs:
@@ -110,9 +119,9 @@ def build_report(run_dirs: Sequence[str], out_dir: str, last_n: int = DEFAULT_LA
   groups = sizes.seed_groups(runs)
   shown = [group[0] for group in groups]
   replicas = {prefixes[group[0]]: [prefixes[i] for i in group[1:]] for group in groups if len(group) > 1}
-  run_sections = [run_figures(runs[i], out_dir, prefixes[i], last_n) for i in shown]
-  comparison = (comparison_figures([runs[i] for i in shown], [prefixes[i] for i in shown], out_dir, last_n)
-                if len(shown) > 1 else None)
+  run_sections = [run_figures(runs[i], out_dir, prefixes[i], last_n, figure_format) for i in shown]
+  comparison = (comparison_figures([runs[i] for i in shown], [prefixes[i] for i in shown], out_dir, last_n,
+                                   figure_format) if len(shown) > 1 else None)
   summaries = [dataclasses.replace(page.summarize_run(run, last_n), name=prefix)
                for run, prefix in zip(runs, prefixes)]
   points = sizes.size_points(runs, last_n)
@@ -164,9 +173,9 @@ def unique_prefixes(names: Sequence[str]) -> list[str]:
 # One run.
 
 
-def run_figures(run: RunRecord, out_dir: str, prefix: str, last_n: int) -> list[Section]:
-  """Every figure a run's metrics allow, grouped into the page's sections."""
-  output = lambda what: os.path.join(out_dir, f"{prefix}_{what}.png")
+def run_figures(run: RunRecord, out_dir: str, prefix: str, last_n: int, figure_format: str = "png") -> list[Section]:
+  """Every figure a run's metrics and analyses allow, grouped into the page's sections."""
+  output = lambda what: os.path.join(out_dir, f"{prefix}_{what}.{figure_format}")
   sections = [
       Section("Loss and entropy", _loss_figures(run, output)),
       Section("FFN sparsity", [f for view in FFN_VIEWS for f in _family_figures(run, view, output)]
@@ -176,6 +185,9 @@ def run_figures(run: RunRecord, out_dir: str, prefix: str, last_n: int) -> list[
       Section("Parameter norm and optimiser", _norm_figures(run, output)
               + [f for view in OPTIMISER_VIEWS for f in _family_figures(run, view, output)]),
   ]
+  analysed = analyses_section(run, output)
+  if analysed is not None:
+    sections.append(analysed)
   return [section for section in sections if section.figures]
 
 
@@ -295,9 +307,10 @@ def _norm_figures(run: RunRecord, output) -> list[FigureEntry]:
 # Several runs.
 
 
-def comparison_figures(runs: Sequence[RunRecord], prefixes: Sequence[str], out_dir: str, last_n: int) -> Section:
+def comparison_figures(runs: Sequence[RunRecord], prefixes: Sequence[str], out_dir: str, last_n: int,
+                       figure_format: str = "png") -> Section:
   """Losses over training and last-N per-layer statistics, one line per run, in the order given."""
-  output = lambda what: os.path.join(out_dir, f"compare_{what}.png")
+  output = lambda what: os.path.join(out_dir, f"compare_{what}.{figure_format}")
   entries = []
   for name, title in (("train/loss", "Train loss"), ("eval/loss", "Held-out loss")):
     curves = {prefix: series(run.records, name)

@@ -212,7 +212,9 @@ def run_markdown(summary: RunSummary, sections: Sequence[Section]) -> str:
 def section_markdown(section: Section, level: int) -> str:
   lines = ["#" * level + " " + section.heading, ""]
   for figure in section.figures:
-    lines += [f"![{figure.title}]({figure.file})", "", f"*{figure.caption}*", ""]
+    # Markdown viewers show PNG and SVG inline; a PDF (for papers) is linked instead.
+    shown = f"[{figure.title} (PDF)]" if figure.file.endswith(".pdf") else f"![{figure.title}]"
+    lines += [f"{shown}({figure.file})", "", f"*{figure.caption}*", ""]
   return "\n".join(lines)
 
 
