@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -48,8 +49,8 @@ def heatmap_figure_png(matrix_RxC, title: str, row_label: str, column_label: str
     half = (values[-1] - values[0]) / max(columns - 1, 1) / 2 or 0.5  # half a column, in column units
     extent = (values[0] - half, values[-1] + half, -0.5, rows - 0.5)
   colours = axes.imshow(np.ma.masked_invalid(matrix), origin="lower", aspect="auto", interpolation="nearest",
-                        extent=extent, vmin=low, vmax=high, cmap="viridis")
-  colours.cmap.set_bad("0.75")
+                        extent=extent, vmin=low, vmax=high,
+                        cmap=colormaps["viridis"].with_extremes(bad="0.75"))
   axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))  # round numbers, not every column
   axes.yaxis.set_major_locator(MaxNLocator(nbins=min(rows, 12), integer=True))
   axes.set_xlabel(column_label)
