@@ -113,6 +113,7 @@ class LoggingConfig:
   entropy_every: int = 0  # >0: whole-sequence entropy and KL (eval/entropy_*_seq) every this many steps; 0 disables
   eval_batches: int = 2  # held-out batches averaged per evaluation
   progress: str = "auto"  # auto (a live line on a terminal) | lines | none
+  tb_per_layer_scalars: bool = False  # TensorBoard: also one scalar card per layer/head (default: heat maps and mean/min/max/first/last)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,9 @@ we build the summary protos directly (`tensorboard.compat.proto`) and hand them
 to the `tensorboard` package's own `EventFileWriter`, which does the record
 framing, CRCs and background flushing. Only encodings that TensorBoard still
 reads natively are used: `simple_value` scalars, TF1-style `HistogramProto`
-histograms, `Summary.Image` PNGs and text-plugin string tensors.
+histograms, `Summary.Image` PNGs and text-plugin string tensors. A tag's one-line
+description (`SummaryMetadata.summary_description`, which TensorBoard keeps
+from a tag's first value) goes with its first value written here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import struct
 import time
 from collections.abc import Mapping
+from typing import Callable
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2
@@ -32,37 +35,51 @@ _PNG_COLOR_TYPES = {0: (1, 1), 4: (2, 2), 2: (3, 3), 6: (4, 4)}
 class SummaryWriter:
   """Appends scalars, histograms, images and text to one event file."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, describe: Callable[[str], str] = lambda tag: ""):
+    """`describe(tag)`: the tag's one-line Markdown description ("" for none)."""
     self._writer = EventFileWriter(logdir)
     self._closed = False
+    self._describe, self._described = describe, set()
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     """Writes all `values` as one event; NaN/inf are kept for TensorBoard."""
     if not values:
       return
     summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value), metadata=self._metadata(tag))
         for tag, value in values.items()
     ])
+    self._write(step, summary)
+
+  def summary(self, step: int, summary: summary_pb2.Summary) -> None:
+    """Writes a summary built elsewhere (plugin data: hparams, custom-scalar layouts)."""
     self._write(step, summary)
 
   def histogram(self, step: int, tag: str, values: np.ndarray,
                 bins: int = 30) -> None:
     """Writes a histogram of the finite entries of `values`."""
     histo = histogram_proto(values, bins)
-    self._write(step, _single_value(tag, histo=histo))
+    self._write(step, _single_value(tag, histo=histo, metadata=self._metadata(tag)))
 
   def image(self, step: int, tag: str, image: np.ndarray | bytes) -> None:
     """Writes an HxW[x1|2|3|4] uint8 array, or bytes that are already a PNG."""
     png = image if isinstance(image, bytes) else encode_png(image)
-    self._write(step, _single_value(tag, image=image_proto(png)))
+    self._write(step, _single_value(tag, image=image_proto(png), metadata=self._metadata(tag)))
 
-  def text(self, step: int, tag: str, text: str) -> None:
+  def text(self, step: int, tag: str, text: str, description: str = "") -> None:
     """Writes markdown `text` the way the text plugin's `text_pb` does."""
     tensor = string_tensor_proto(text)
     metadata = text_metadata.create_summary_metadata(
-        display_name=tag, description="")
+        display_name=tag, description=description)
     self._write(step, _single_value(tag, tensor=tensor, metadata=metadata))
+
+  def _metadata(self, tag: str) -> summary_pb2.SummaryMetadata | None:
+    """The description on a tag's first value only: TensorBoard reads no later one."""
+    if tag in self._described:
+      return None
+    self._described.add(tag)
+    description = self._describe(tag)
+    return summary_pb2.SummaryMetadata(summary_description=description) if description else None
 
   def flush(self) -> None:
     self._writer.flush()

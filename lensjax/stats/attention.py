@@ -51,6 +51,7 @@ class AttentionLens(Lens):
 
   def write(self, step, record, sink, prefix=""):
     if prefix + HEAD_HEATMAP in record:
-      sink.heatmap(step, prefix + HEAD_HEATMAP + "/heatmap", record[prefix + HEAD_HEATMAP], top=1.0)
+      sink.heatmap(step, prefix + HEAD_HEATMAP + "/heatmap", record[prefix + HEAD_HEATMAP],
+                  units="entropy / log(visible keys)")
     if not prefix and HISTORY in record:
-      sink.layer_history_heatmap(step, HISTORY, record[HISTORY])
+      sink.layer_history_heatmap(step, HISTORY, record[HISTORY], units="‖attn_out‖ / ‖residual‖")

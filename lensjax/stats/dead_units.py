@@ -101,4 +101,4 @@ class DeadUnitsLens(Lens):
     for layer, row in enumerate(record.get("units/steps_since_active", ())):
       sink.histogram(step, f"ffn/steps_since_active/layer_{layer}", row)
     if "ffn/dead" in record:
-      sink.layer_history_heatmap(step, "ffn/dead", record["ffn/dead"], top=1.0)
+      sink.layer_history_heatmap(step, "ffn/dead", record["ffn/dead"], units="fraction of units dead")

@@ -42,9 +42,11 @@ class HostSink(Protocol):
 
   def histogram(self, step: int, tag: str, values) -> None: ...
 
-  def heatmap(self, step: int, tag: str, matrix_RxC, top: float | None = None) -> None: ...
+  def heatmap(self, step: int, tag: str, matrix_RxC, units: str = "") -> None:
+    """A layer x head heat map; `units` labels its colour bar (the range comes from the data)."""
 
-  def layer_history_heatmap(self, step: int, name: str, vector_L, top: float | None = None) -> None: ...
+  def layer_history_heatmap(self, step: int, name: str, vector_L, units: str = "") -> None:
+    """A layer x logging-step heat map of `name` up to this step."""
 
   def event(self, log: str, step: int, record: dict) -> None: ...
 

@@ -63,7 +63,7 @@ class ActivityLens(Lens):
     for layer, row in enumerate(record.get(prefix + "units/frequency", ())):
       sink.histogram(step, f"{prefix}ffn/unit_frequency/layer_{layer}", row)
     if not prefix and _HISTORY in record:
-      sink.layer_history_heatmap(step, _HISTORY, record[_HISTORY], top=1.0)
+      sink.layer_history_heatmap(step, _HISTORY, record[_HISTORY], units="fraction of units active in the batch")
 
 
 def jaccard(a_LxF: jax.Array, b_LxF: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ from lensjax.data.factory import make_source
 from lensjax.data.prepared import with_prepared_vocab
 from lensjax.errors import TrainingHalted
 from lensjax.io.checkpoints import Checkpoints, abstract_like, meta_of
+from lensjax.io.metric_descriptions import markdown_escaped
 from lensjax.io.run_logger import EnsembleLogger, RunLogger
 from lensjax.model import has_ffn
 from lensjax.stats import lenses as lens_lib
@@ -311,13 +312,26 @@ def _train_with(config, workdir, stop_at_step, periodic, members, run_dirs, sour
   log(perf_line + (f"; {len(members)} members in one program" if ensemble else ""))
   loggers = [RunLogger(run_dir, config.train.steps, start_step, len(members) * config.train.batch_size
                        * config.data.seq_len, perf.flops_per_token(one_member_params, config.model, config.data.seq_len),
-                       config.logging.progress if i == 0 else "none", config.model.num_layers, run.lenses)
+                       config.logging.progress if i == 0 else "none", config.model.num_layers, run.lenses,
+                       per_layer_scalars=config.logging.tb_per_layer_scalars)
              for i, run_dir in enumerate(run_dirs)]
   for logger, member in zip(loggers, members):
-    logger.text(start_step, "run/config", "```json\n" + json.dumps(config_lib.to_dict(member), indent=2) + "\n```")
-    logger.text(start_step, "run/perf", perf_line)
+    member_dict = config_lib.to_dict(member)
+    logger.text(start_step, "run/config", "```json\n" + json.dumps(member_dict, indent=2) + "\n```",
+                "the resolved config of this run")
+    # Escaped: the text plugin renders Markdown, where the formula's 6*N would turn to italics.
+    logger.text(start_step, "run/perf", markdown_escaped(perf_line), "FLOPs per token, parameter count, device")
+    logger.hparams(start_step, member_dict)
   logger = EnsembleLogger(loggers) if ensemble else loggers[0]
+  try:
+    return _train_loop(config, run, state, start_step, logger, checkpoints, periodic, preemption, stop_at_step,
+                       members, run_dirs, workdir, explicit)
+  finally:
+    logger.close()  # the heat maps and events already fetched reach disk when the loop raises too
 
+
+def _train_loop(config, run, state, start_step, logger, checkpoints, periodic, preemption, stop_at_step, members,
+                run_dirs, workdir, explicit):
   total = config.train.steps
   log_every, eval_every, save_every = config.logging.log_every, config.logging.eval_every, config.checkpoint.save_every
   meta = meta_of(config_lib.to_dict(config), state)
