@@ -211,6 +211,25 @@ def test_every_analysis_reads_a_member_directory(ensemble, command, options, key
   assert key in json.loads(out.strip().splitlines()[-1])
 
 
+def test_members_restore_into_one_built_run_with_their_own_initial_parameters(ensemble):
+  """What benchmarks/norm_growth_analyses.py relies on: one build serves every member of the ensemble."""
+  from lensjax.analysis import common
+  from lensjax.io.checkpoints import abstract_like
+  from lensjax.train.state import initial_params
+  from lensjax.train.step import model_for
+  workdir, _ = ensemble
+  first = load_checkpoint_run(os.path.join(workdir, "member_0"))
+  alone = load_checkpoint_run(os.path.join(workdir, "member_2"))
+  step, state = common.restore_checkpoint(os.path.join(workdir, "member_2"), abstract_like(first.state))
+  assert step == alone.step == STEPS
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(host(state)), jax.tree.leaves(host(alone.state))))
+  init = jax.jit(lambda seed: initial_params(model_for(first.config.model, ()), first.config.data.seq_len, seed))
+  from_seed = host(init(alone.config.train.seed))
+  assert alone.config.train.seed != first.config.train.seed
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(from_seed), jax.tree.leaves(host(alone.run.state.params))))
+  assert not np.array_equal(jax.tree.leaves(from_seed)[0], jax.tree.leaves(host(first.run.state.params))[0])
+
+
 def test_sigterm_stops_every_member_at_one_step_and_the_resumed_ensemble_is_exact(ensemble, tmp_path, monkeypatch):
   """SIGTERM arrives while step 70's batches are read: one checkpoint per member at 71, then an exact resume."""
   workdir, state = ensemble

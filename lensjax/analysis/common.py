@@ -41,28 +41,54 @@ class LoadedRun:
 def load_checkpoint_run(workdir: str, step: int | None = None) -> LoadedRun:
   """The run of `workdir` rebuilt from its config.json, with checkpoint `step` (default: newest readable) restored."""
   from lensjax.train import loop  # heavy import, only when an analysis runs
+  config = loop.prepare(read_config(workdir))
+  checkpoints = _reader(workdir)
+  try:
+    _require_steps(checkpoints, workdir)  # before the (slow) build
+  finally:
+    checkpoints.close()
+  run = loop.build(config)
+  step, state = restore_checkpoint(workdir, abstract_like(run.state), step)
+  return LoadedRun(workdir, config, run, state, step)
+
+
+def read_config(workdir: str) -> config_lib.Config:
+  """The config.json of a `lensjax train` run directory."""
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
     raise InputError(f"{workdir!r} holds no config.json; pass the --workdir of a lensjax train run.")
-  config = loop.prepare(config_lib.load_json(config_path))
-  from lensjax.train.state import MIGRATE
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE,
-                            reader=True)
+  return config_lib.load_json(config_path)
+
+
+def restore_checkpoint(workdir: str, abstract_state, step: int | None = None) -> tuple[int, object]:
+  """`(step, state)` of checkpoint `step` of `workdir` (default: the newest readable one), laid out like
+  `abstract_state`; several runs of one setting (an ensemble's members) restore into the same abstract state
+  without rebuilding the run."""
+  checkpoints = _reader(workdir)
   try:
-    steps = checkpoints.steps()
-    if not steps:
-      raise InputError(f"{workdir!r} holds no checkpoint; train it first (lensjax train --workdir {workdir}).")
-    run = loop.build(config)
-    abstract = abstract_like(run.state)
+    steps = _require_steps(checkpoints, workdir)
     if step is None:
-      step, state = checkpoints.restore_latest_valid(abstract)
+      step, state = checkpoints.restore_latest_valid(abstract_state)
     elif step not in steps:
       raise InputError(f"{workdir!r} has no checkpoint at step {step}; it has steps {steps}.")
     else:
-      state = checkpoints.restore(step, abstract)
+      state = checkpoints.restore(step, abstract_state)
   finally:
     checkpoints.close()
-  return LoadedRun(workdir, config, run, state, int(step))
+  return int(step), state
+
+
+def _reader(workdir: str) -> Checkpoints:
+  from lensjax.train.state import MIGRATE  # pylint: disable=import-outside-toplevel
+  return Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6, async_save=False, migrate=MIGRATE,
+                     reader=True)
+
+
+def _require_steps(checkpoints: Checkpoints, workdir: str) -> list[int]:
+  steps = checkpoints.steps()
+  if not steps:
+    raise InputError(f"{workdir!r} holds no checkpoint; train it first (lensjax train --workdir {workdir}).")
+  return steps
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,13 +24,17 @@ class TrainState:
 
 def create_state(model, tx, seq_len: int, seed: int, lenses: Sequence[lens_lib.Lens] = ()) -> TrainState:
   """Pure initialisation from the seed (jit it with output shardings)."""
-  root = jax.random.PRNGKey(seed)
-  init_key, run_key = jax.random.split(root)
-  tokens_1xT = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init(init_key, tokens_1xT)["params"]
+  params = initial_params(model, seq_len, seed)
+  run_key = jax.random.split(jax.random.PRNGKey(seed))[1]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=run_key,
                     skipped_steps=jnp.zeros((), jnp.int32), first_bad_step=jnp.full((), -1, jnp.int32),
                     lens_state=lens_lib.init_states(lenses, params))
+
+
+def initial_params(model, seq_len: int, seed) -> dict:
+  """The parameters `create_state` starts from with this seed (a Python or a traced integer)."""
+  init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
+  return model.init(init_key, jnp.zeros((1, seq_len), jnp.int32))["params"]
 
 
 # Checkpoints written before the lenses owned their state kept it in fields of their own.
