@@ -5,7 +5,7 @@ Usage:
   python3 benchmarks/norm_growth_summary.py RAW_DIR OUT_DIR               # summary.md, summary.json, figures
 
 Unpacking keeps each member's config.json and metrics.jsonl (compressed to .xz), the run's analyses.json
-(.xz) and train.log. The summary, per run (one norm placement) and per cell (lr, weight decay; its two
+(.xz) and the train and analyses logs. The summary, per run (one norm placement) and per cell (lr, weight decay; its two
 members are two seeds):
   - growth of the non-embedding norm, `norm/params/non_embedding`: the exponent p of a·t^p + b fitted
     from the end of warm-up and from step 0, the r² of a·√t + b from the end of warm-up, and the mean p of
@@ -65,7 +65,8 @@ def read_text(path: str) -> str:
 
 
 def series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
-  points = [(r["step"], r[name]) for r in records if name in r and r[name] is not None]
+  # A resumed run may log a step again; its last record counts.
+  points = sorted({r["step"]: (r["step"], r[name]) for r in records if name in r and r[name] is not None}.values())
   if not points:
     return np.zeros(0), np.zeros(0)
   t, y = np.asarray(points, np.float64).T
