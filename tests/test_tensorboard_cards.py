@@ -59,6 +59,16 @@ def test_default_run_has_few_cards_figures_hparams_descriptions_and_a_layout(tmp
   assert "custom_scalars__config__" in events.PluginTagToContent("custom_scalars")
 
 
+def test_every_described_tag_names_its_plugin(tmp_path, caplog):
+  """TensorBoard's readers warn about metadata without a plugin ("oddly not associated with a plugin")."""
+  with caplog.at_level("WARNING"):
+    events = log_run(tmp_path, per_layer=True)
+  assert "oddly" not in caplog.text
+  assert events.SummaryMetadata("train/loss").plugin_data.plugin_name == "scalars"
+  assert events.SummaryMetadata("ffn/dead/heatmap").plugin_data.plugin_name == "images"
+  assert events.Scalars("train/loss")[-1].value == np.float32(2.0 - 20 / 100)
+
+
 def test_the_switch_brings_the_per_layer_scalars_back(tmp_path):
   scalars = log_run(tmp_path, per_layer=True).Tags()["scalars"]
   assert "ffn/dead/layer_1" in scalars and "attn/entropy/layer_1/head_3" in scalars

@@ -24,6 +24,9 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -46,7 +49,7 @@ class SummaryWriter:
     if not values:
       return
     summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=tag, simple_value=float(value), metadata=self._metadata(tag))
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value), metadata=self._metadata(tag, scalar_metadata.PLUGIN_NAME))
         for tag, value in values.items()
     ])
     self._write(step, summary)
@@ -59,12 +62,13 @@ class SummaryWriter:
                 bins: int = 30) -> None:
     """Writes a histogram of the finite entries of `values`."""
     histo = histogram_proto(values, bins)
-    self._write(step, _single_value(tag, histo=histo, metadata=self._metadata(tag)))
+    self._write(step, _single_value(tag, histo=histo, metadata=self._metadata(tag, histogram_metadata.PLUGIN_NAME)))
 
   def image(self, step: int, tag: str, image: np.ndarray | bytes) -> None:
     """Writes an HxW[x1|2|3|4] uint8 array, or bytes that are already a PNG."""
     png = image if isinstance(image, bytes) else encode_png(image)
-    self._write(step, _single_value(tag, image=image_proto(png), metadata=self._metadata(tag)))
+    self._write(step, _single_value(tag, image=image_proto(png),
+                                         metadata=self._metadata(tag, image_metadata.PLUGIN_NAME)))
 
   def text(self, step: int, tag: str, text: str, description: str = "") -> None:
     """Writes markdown `text` the way the text plugin's `text_pb` does."""
@@ -73,13 +77,18 @@ class SummaryWriter:
         display_name=tag, description=description)
     self._write(step, _single_value(tag, tensor=tensor, metadata=metadata))
 
-  def _metadata(self, tag: str) -> summary_pb2.SummaryMetadata | None:
-    """The description on a tag's first value only: TensorBoard reads no later one."""
+  def _metadata(self, tag: str, plugin: str) -> summary_pb2.SummaryMetadata | None:
+    """The description on a tag's first value only: TensorBoard reads no later one. The metadata names the
+    plugin that shows the value (what TensorBoard's own conversion of these encodings names), without which
+    its event readers warn that the tag is "oddly not associated with a plugin"."""
     if tag in self._described:
       return None
     self._described.add(tag)
     description = self._describe(tag)
-    return summary_pb2.SummaryMetadata(summary_description=description) if description else None
+    if not description:
+      return None
+    return summary_pb2.SummaryMetadata(summary_description=description,
+                                       plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
 
   def flush(self) -> None:
     self._writer.flush()
