@@ -66,15 +66,22 @@ FORMULAS = {
 }
 
 
-def _time_calls(fn, args_fn, steps: int, warmup: int) -> list[float]:
+def _time_calls(name: str, fn, args_fn, steps: int, warmup: int) -> list[float]:
+  """Seconds of each of `steps` calls after `warmup` untimed ones; after the first call, one line on stderr says
+  how long it took and about how long the rest will take (an HVP row at GPT-2 scale on a CPU takes minutes)."""
   times = []
-  for i in range(warmup + steps):
+  total = warmup + steps
+  for i in range(total):
     args = args_fn()
     jax.block_until_ready(args)
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
+    seconds = time.perf_counter() - start
     if i >= warmup:
-      times.append(time.perf_counter() - start)
+      times.append(seconds)
+    if i == 0 and total > 1:
+      print(f"bench: {name}: call 1/{total} took {seconds:.3g} s; about {_duration(seconds * (total - 1))} for "
+            f"the other {total - 1}", file=sys.stderr, flush=True)
   return times
 
 
@@ -139,7 +146,7 @@ def bench_train_steps(run: loop.Run, steps: int, warmup: int = WARMUP) -> list[d
       state_holder[0], metrics = compiled(state, batch)
       return metrics
 
-    times = _time_calls(call, lambda: (state_holder[0], batch), steps, warmup)
+    times = _time_calls(name, call, lambda: (state_holder[0], batch), steps, warmup)
     pipelined = _time_pipelined(call, lambda: (state_holder[0], batch), steps)
     rows.append(_row(name, "train", times, compiled=compiled, compile_s=compile_s,
                      tokens=members * config.train.batch_size * T, seq_len=T, flops_token=flops_token,
@@ -192,7 +199,7 @@ def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_m
   rows = []
   for name, fn, args, flops_token in programs:
     compiled, compile_s = _compile(name, fn, loss_fn, *args, num_micro=n)
-    times = _time_calls(compiled, lambda args=args: args, steps, warmup)
+    times = _time_calls(name, compiled, lambda args=args: args, steps, warmup)
     rows.append(_row(name, "hvp", times, compiled=compiled, compile_s=compile_s, tokens=B * T, seq_len=T,
                      flops_token=flops_token, devices=jax.device_count(),
                      notes=f"{n} micro-batch{'es' if n > 1 else ''}"))
@@ -248,7 +255,7 @@ def bench_entropy(config: config_lib.Config, params, source, steps: int, warmup:
   args = (params, law.params if law else None, log_initial_V)
   compiled, compile_s = _compile("exact entropy", fn, *args, jnp.int32(0))
   starts = [jnp.int32(s) for s in range(0, total if full else chunk, chunk)]
-  times = _time_calls(lambda: [compiled(*args, s) for s in starts], lambda: (), steps, warmup)
+  times = _time_calls("exact entropy", lambda: [compiled(*args, s) for s in starts], lambda: (), steps, warmup)
   sequences = total if full else chunk
   whose = "model and target" if law else "model only (no target law for text data)"
   if full:
@@ -285,7 +292,7 @@ def bench_sampler(config: config_lib.Config, params, source, steps: int, warmup:
   fn = jax.jit(functools.partial(entropy_terms.model_sample_terms, cfg=cfg, seq_len=T, batch=B))
   args = (params, jax.random.PRNGKey(0), log_initial_V)
   compiled, compile_s = _compile("sampler", fn, *args)
-  times = _time_calls(compiled, lambda: args, steps, warmup)
+  times = _time_calls("sampler", compiled, lambda: args, steps, warmup)
   notes = f"batch of {B:,} sequences of {T} sampled tokens, temperature 1, KV cache {cache_bytes / 2**30:.2f} GiB"
   return [_row("sampler (KV cache)", "sampler", times, compiled=compiled, compile_s=compile_s, tokens=B * T,
                seq_len=T, flops_token=forward_flops_per_token(params, cfg, T), devices=1, notes=notes)]

@@ -83,6 +83,8 @@ def test_only_hvp_gives_the_two_hvp_rows(capsys, config_file):
   for name in ROWS["hvp"]:
     assert f"bench: {name}: compiling\n" in err and re.search(rf"bench: {re.escape(name)}: compiled in [\d.]+ s, timing",
                                                              err), err
+    # and, after its first call, how long the others will take (3 steps after the warm-up calls)
+    assert re.search(rf"bench: {re.escape(name)}: call 1/\d+ took [\d.e-]+ s; about [^\n]+ for the other \d+\n", err), err
   ratio = result["rows"][1]["vs_gradient"]
   assert math.isfinite(ratio) and ratio > 1
 

@@ -193,6 +193,12 @@ def test_the_hessian_command(trained, capsys):
   captured = capsys.readouterr()
   results = json.loads(captured.out)
   assert results["step"] == 12
+  # Off a terminal, stderr holds one line per stage and per layer, each naming the command and the time so far.
+  progress = [line for line in captured.err.splitlines() if line.startswith("lensjax hessian: ")]
+  assert [line.split(": ", 1)[1].split(" ")[0] for line in progress[:3]] == ["restoring", "compiling", "2"]
+  layers = [line for line in progress if "λ_max of the block of layer" in line]
+  assert len(layers) == config.model.num_layers and "1/" in layers[0] and "compiling" in layers[0]
+  assert all(line.endswith("]") and "[0:" in line for line in progress)
   top, magnitude = results["hessian/lambda_max"], results["hessian/lambda_maxabs"]
   # Two independent algorithms agree on both ends of the spectrum: the power iterations find the top eigenvalue and
   # the one of largest magnitude (near a spike it can be negative), Lanczos the Ritz values at both ends.
