@@ -238,9 +238,14 @@ def test_sigterm_stops_every_member_at_one_step_and_the_resumed_ensemble_is_exac
   monkeypatch.setattr(loop, "make_source", preempted_sources(make_source, 70, lambda c: c.train.seed == 0))
   interrupted = loop.train(ensemble_config(), run_dir)
   assert np.asarray(interrupted.step).tolist() == [71] * MEMBERS
+  from tensorboard.backend.event_processing import event_accumulator
   for i in range(MEMBERS):
     saved = [s for s in os.listdir(os.path.join(run_dir, f"member_{i}", "checkpoints")) if s.isdigit()]
     assert saved == ["71"], saved
+    # The heat maps of the steps logged before the stop reached disk (the figure thread was drained).
+    events = event_accumulator.EventAccumulator(os.path.join(run_dir, f"member_{i}", "tb"),
+                                                size_guidance={"images": 0}).Reload()
+    assert [image.step for image in events.Images("ffn/dead/heatmap")] == [0, 50]
   monkeypatch.setattr(loop, "make_source", make_source)
   resumed = host(loop.train(ensemble_config(), run_dir))
   for got, want in zip(jax.tree.leaves(resumed), jax.tree.leaves(state)):

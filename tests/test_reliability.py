@@ -16,6 +16,7 @@ from lensjax import config as config_lib
 from lensjax import parallel
 from lensjax.errors import InputError, TrainingHalted
 from lensjax.io import progress
+from lensjax.io.metrics_log import read_metrics
 from lensjax.stats.dead_units import neuron_events
 from lensjax.train import guards, loop
 
@@ -38,6 +39,20 @@ def test_halt_keeps_the_last_good_checkpoint_and_names_the_step(tmp_path):
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps and max(steps) <= bad_step, (steps, bad_step)
   assert f"step {max(steps)}" in str(info.value)
+
+
+def test_halt_still_writes_the_heat_maps_of_the_steps_logged_before_it(tmp_path):
+  """The figure thread's queue is drained when the loop raises: every logged step's heat map reaches disk."""
+  from tensorboard.backend.event_processing import event_accumulator
+  workdir = str(tmp_path / "run")
+  with pytest.raises(TrainingHalted) as info:
+    loop.train(explosive_config(**{"logging.log_every": 1, "checkpoint.save_every": 100}), workdir)
+  bad_step = int(str(info.value).split("at step ")[1].split(",")[0])
+  logged = [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "ffn/dead/mean" in r
+            or "ffn/dead/layer_0" in r]
+  assert logged and max(logged) <= bad_step
+  events = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"), size_guidance={"images": 0}).Reload()
+  assert [image.step for image in events.Images("ffn/dead/heatmap")] == logged
 
 
 def test_halt_exits_3_on_the_command_line(tmp_path):
