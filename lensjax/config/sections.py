@@ -28,6 +28,8 @@ class ModelConfig:
   use_bias: bool = True  # biases in the linear layers and norms
   dropout: float = 0.0  # dropout rate (0: none)
   dtype: str = "float32"  # compute dtype; parameters are always float32
+  loss_logits_dtype: str = "float32"  # dtype the output matmul writes the loss's logits in (softmax sums stay float32)
+  loss_chunk_logits: int = 2**27  # most logits one chunk of the training loss holds (larger: fewer chunks, more memory)
   attention: str = "xla"  # xla (explicit softmax) | cudnn | auto (cudnn on GPU)
   attention_mask: str = "causal"  # causal | merrill_multiplicative: hidden logits times 0, not -inf (a reproduction control, xla only)
   scan_layers: bool = False  # one scanned block instead of unrolled layers (faster compile, slower step)
@@ -145,6 +147,7 @@ CHOICES = {
     "model.block": ("attention+ffn", "attention_only", "ffn_only"),
     "model.positions": ("learned", "rotary"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.loss_logits_dtype": ("float32", "bfloat16"),
     "model.attention": ("xla", "cudnn", "auto"),
     "data.source": ("markov", "teacher", "bytes", "tokens"),
     "data.token_dtype": ("uint16", "uint32"),
@@ -263,12 +266,14 @@ STATE_SWITCHES = {
 }
 
 # Keys that fix the shapes or the meaning of the train state's own part (parameters, optimiser state, RNG): the
-# model's shape (all of model.* but how it computes: dropout, attention kernel and mask, remat, compute dtype), the data's
-# vocabulary and law, the optimiser and its switches, the initialisation seed. The lenses add the keys of theirs
+# model's shape (all of model.* but how it computes: dropout, attention kernel and mask, remat, compute dtype, the
+# loss's logits dtype and chunks), the data's vocabulary and law, the optimiser and its switches, the initialisation
+# seed. The lenses add the keys of theirs
 # (`Lens.resume_keys`); train.members is the run directory's layout (`lensjax.train.resume.check_members`). The rest
 # (steps, logging and checkpoint intervals, learning rate, ...) may change on resume.
 STATE_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-                   if f.name not in ("dropout", "attention", "attention_mask", "remat", "dtype")) + (
+                   if f.name not in ("dropout", "attention", "attention_mask", "remat", "dtype", "loss_logits_dtype",
+                                     "loss_chunk_logits")) + (
                        "data.source", "data.vocab_size", "data.markov_order", "optim.name") + tuple(
                            STATE_SWITCHES) + ("train.seed",)
 

@@ -41,6 +41,7 @@ def validate(config: Config, device_count: int, process_count: int = 1, platform
   positive = {
       "model.num_layers": m.num_layers, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
       "model.d_ff": m.d_ff, "model.max_len": m.max_len, "model.vocab_multiple": m.vocab_multiple,
+      "model.loss_chunk_logits": m.loss_chunk_logits,
       "data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size, "data.markov_order": d.markov_order,
       "train.steps": t.steps, "train.batch_size": t.batch_size, "stats.dead_window": config.stats.dead_window,
       "stats.attention_sub_batch": config.stats.attention_sub_batch,

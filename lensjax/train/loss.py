@@ -9,7 +9,10 @@ exists at any time. For training, `fused_loss` also turns each chunk's softmax
 into the gradients of the hidden states and of the output matrix in the same
 pass, so the backward pass neither keeps nor recomputes logits.
 Chunks cut the sequence axis, not the batch axis, so that each chunk keeps the
-batch sharding.
+batch sharding. Their size is a budget of logits per chunk (`model.loss_chunk_logits`): fewer, larger
+chunks make fewer passes over the output matrix at the cost of memory. The matmul may write a chunk's
+logits in bfloat16 (`model.loss_logits_dtype`), which halves the memory traffic of the passes that read them;
+the maximum, the exponentials, their sums and every statistic are computed in float32 from those values.
 
 Per token (float32 [B, T]):
   nll             −log q(y_t | x≤t)
@@ -38,9 +41,11 @@ def chunk_length(batch: int, seq_len: int, vocab: int, max_logits: int = MAX_CHU
   return max(fitting, default=1)
 
 
-def _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size: int, with_entropy: bool):
+def _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size: int, with_entropy: bool,
+                      logits_dtype: str = "float32"):
   """Per-token statistics of one chunk, and its softmax (zero on padded vocabulary columns)."""
-  z_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, head_DxV, preferred_element_type=F32)
+  # The matmul accumulates in float32 and writes its result in `logits_dtype`; what follows reads it as float32.
+  z_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, head_DxV, preferred_element_type=jnp.dtype(logits_dtype)).astype(F32)
   if z_BxCxV.shape[-1] > vocab_size:  # padded columns: a finite floor so that 0·z stays 0
     z_BxCxV = jnp.where(jnp.arange(z_BxCxV.shape[-1]) < vocab_size, z_BxCxV, -1e30)
   # One exp(z − max) feeds both Σe (the normaliser) and Σe·z (the entropy), so
@@ -70,7 +75,8 @@ def _chunks(B: int, T: int, vocab: int, max_chunk_logits: int):
 
 
 def token_statistics(h_BxTxD, head_DxV, targets_BxT, vocab_size: int, *, target_probs_BxTxV=None,
-                     with_entropy: bool = False, max_chunk_logits: int = MAX_CHUNK_LOGITS) -> dict:
+                     with_entropy: bool = False, max_chunk_logits: int = MAX_CHUNK_LOGITS,
+                     logits_dtype: str = "float32") -> dict:
   """Per-token nll (and entropies) of the logits h @ head, computed chunk by chunk (no gradient path)."""
   B, T, _ = h_BxTxD.shape
   split, merge = _chunks(B, T, head_DxV.shape[-1], max_chunk_logits)
@@ -79,14 +85,14 @@ def token_statistics(h_BxTxD, head_DxV, targets_BxT, vocab_size: int, *, target_
 
   def one_chunk(xs):
     h_BxCxD, y_BxC, p_BxCxV = xs
-    return _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size, with_entropy)[0]
+    return _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size, with_entropy, logits_dtype)[0]
 
   per_chunk = jax.lax.map(one_chunk, (split(h_BxTxD), split(targets_BxT), split(target_probs_BxTxV)))
   return jax.tree.map(merge, per_chunk)
 
 
 def fused_loss(h_BxTxD, head_DxV, targets_BxT, weights_BxT, vocab_size: int, *, target_probs_BxTxV=None,
-               with_entropy: bool = False, max_chunk_logits: int = MAX_CHUNK_LOGITS):
+               with_entropy: bool = False, max_chunk_logits: int = MAX_CHUNK_LOGITS, logits_dtype: str = "float32"):
   """`(Σ weights·nll, per-token statistics)` with the gradient computed in the forward pass.
 
   Each chunk's softmax gives dL/dz = weights·(softmax − onehot) at once, and
@@ -94,18 +100,19 @@ def fused_loss(h_BxTxD, head_DxV, targets_BxT, weights_BxT, vocab_size: int, *, 
   backward pass only scales the stored gradients: no logits are kept or
   recomputed. Per-token statistics carry no gradient.
   """
-  return _fused(vocab_size, with_entropy, max_chunk_logits, h_BxTxD, head_DxV, targets_BxT, weights_BxT,
-                target_probs_BxTxV)
+  return _fused(vocab_size, with_entropy, max_chunk_logits, logits_dtype, h_BxTxD, head_DxV, targets_BxT,
+                weights_BxT, target_probs_BxTxV)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(vocab_size, with_entropy, max_chunk_logits, h_BxTxD, head_DxV, targets_BxT, weights_BxT, probs_BxTxV):
-  return _fused_forward(vocab_size, with_entropy, max_chunk_logits, h_BxTxD, head_DxV, targets_BxT, weights_BxT,
-                        probs_BxTxV)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused(vocab_size, with_entropy, max_chunk_logits, logits_dtype, h_BxTxD, head_DxV, targets_BxT, weights_BxT,
+           probs_BxTxV):
+  return _fused_forward(vocab_size, with_entropy, max_chunk_logits, logits_dtype, h_BxTxD, head_DxV, targets_BxT,
+                        weights_BxT, probs_BxTxV)[0]
 
 
-def _fused_forward(vocab_size, with_entropy, max_chunk_logits, h_BxTxD, head_DxV, targets_BxT, weights_BxT,
-                   probs_BxTxV):
+def _fused_forward(vocab_size, with_entropy, max_chunk_logits, logits_dtype, h_BxTxD, head_DxV, targets_BxT,
+                   weights_BxT, probs_BxTxV):
   B, T, D = h_BxTxD.shape
   V_padded = head_DxV.shape[-1]
   split, merge = _chunks(B, T, V_padded, max_chunk_logits)
@@ -114,7 +121,7 @@ def _fused_forward(vocab_size, with_entropy, max_chunk_logits, h_BxTxD, head_DxV
 
   def one_chunk(grad_head_DxV, xs):
     h_BxCxD, y_BxC, w_BxC, p_BxCxV = xs
-    out, q_BxCxV = _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size, with_entropy)
+    out, q_BxCxV = _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size, with_entropy, logits_dtype)
     dz_BxCxV = ((q_BxCxV - jax.nn.one_hot(y_BxC, V_padded, dtype=F32)) * w_BxC[..., None]).astype(h_BxCxD.dtype)
     dh_BxCxD = jnp.einsum("bcv,dv->bcd", dz_BxCxV, head_DxV, preferred_element_type=F32).astype(h_BxCxD.dtype)
     grad_head_DxV = grad_head_DxV + jnp.einsum("bcd,bcv->dv", h_BxCxD, dz_BxCxV, preferred_element_type=F32)
@@ -129,7 +136,7 @@ def _fused_forward(vocab_size, with_entropy, max_chunk_logits, h_BxTxD, head_DxV
   return (loss, stats), (merge(dh_NxBxCxD), grad_head_DxV.astype(head_DxV.dtype))
 
 
-def _fused_backward(vocab_size, with_entropy, max_chunk_logits, residuals, cotangents):
+def _fused_backward(vocab_size, with_entropy, max_chunk_logits, logits_dtype, residuals, cotangents):
   dh_BxTxD, grad_head_DxV = residuals
   g = cotangents[0]  # the statistics are outputs without a gradient
   return (g * dh_BxTxD).astype(dh_BxTxD.dtype), (g * grad_head_DxV).astype(grad_head_DxV.dtype), None, None, None

@@ -45,7 +45,8 @@ def loss_and_outputs(params, batch, model, dropout_key, with_entropy: bool):
   weights_BxT = mask_BxT / jnp.maximum(jnp.sum(mask_BxT), 1.0)  # the loss is the mean over real tokens
   loss, tokens = fused_loss(h_BxTxD, head_matrix(params, model.cfg), batch["targets"], weights_BxT,
                             model.cfg.vocab_size, with_entropy=with_entropy,
-                            target_probs_BxTxV=batch.get("target_probs") if with_entropy else None)
+                            target_probs_BxTxV=batch.get("target_probs") if with_entropy else None,
+                            max_chunk_logits=model.cfg.loss_chunk_logits, logits_dtype=model.cfg.loss_logits_dtype)
   return loss, (tokens, captured)
 
 
