@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 from lensjax.config import ModelConfig
 from lensjax.ops.arrays import F32
@@ -85,6 +87,32 @@ def masked_logits(logits_BxHxTxT, attention_mask: str = "causal"):
   return jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(logits_BxHxTxT.dtype).min)
 
 
+class QKVProjection(nn.Module):
+  """`(q, k, v)`, each B×T×H×K, from one parameter in `nn.DenseGeneral((3, H, K))`'s layout (kernel D×3×H×K, bias
+  3×H×K, the same initialisation) as three matmuls. Slicing the kernel copies D×H×K weights, where slicing one
+  fused B×T×3×H×K output copies activations (for cuDNN's attention, which wants each of q, k, v contiguous) and
+  its backward pass pads and adds the three gradients back together."""
+  num_heads: int
+  head_dim: int
+  use_bias: bool
+  dtype: Any
+  kernel_init: Callable
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    D, H, K = x_BxTxD.shape[-1], self.num_heads, self.head_dim
+    # DenseGeneral draws its kernel as a D × 3HK matrix and reshapes it: the same draw gives the same parameters.
+    flat_init = lambda rng, shape, dtype=F32: jnp.reshape(self.kernel_init(rng, (D, 3 * H * K), dtype), shape)
+    kernel_Dx3xHxK = self.param("kernel", flat_init, (D, 3, H, K), F32)
+    bias_3xHxK = self.param("bias", nn.initializers.zeros_init(), (3, H, K), F32) if self.use_bias else None
+    x_BxTxD, kernel_Dx3xHxK, bias_3xHxK = promote_dtype(x_BxTxD, kernel_Dx3xHxK, bias_3xHxK, dtype=self.dtype)
+    outputs = []
+    for i in range(3):
+      y_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD, kernel_Dx3xHxK[:, i])
+      outputs.append(y_BxTxHxK if bias_3xHxK is None else y_BxTxHxK + bias_3xHxK[i])
+    return tuple(outputs)
+
+
 class Attention(nn.Module):
   """Returns `(y_BxTxD, captured)`; `captured` holds the requested EXPLICIT_ONLY tensors."""
   cfg: ModelConfig
@@ -98,9 +126,7 @@ class Attention(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     H, K = cfg.num_heads, cfg.d_model // cfg.num_heads
     init = nn.initializers.normal(cfg.init_std)
-    qkv = nn.DenseGeneral((3, H, K), use_bias=cfg.use_bias, dtype=dtype, param_dtype=F32,
-                          kernel_init=init, name="qkv")(x_BxTxD)
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = QKVProjection(H, K, cfg.use_bias, dtype, init, name="qkv")(x_BxTxD)
     if cfg.positions == "rotary" and not self.decode:
       q_BxTxHxK, k_BxTxHxK = rotary(q_BxTxHxK), rotary(k_BxTxHxK)
     captured = {}

@@ -215,3 +215,24 @@ def test_dropout_changes_outputs_only_when_not_deterministic():
   assert not np.allclose(dropped, reference)
   np.testing.assert_array_equal(logits(False, 0), dropped)  # a function of the key
   assert not np.allclose(logits(False, 1), dropped)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_the_qkv_projection_is_dense_general_of_three_heads_groups(use_bias):
+  """Same parameters (layout, initial values) and the same q, k, v and gradients as nn.DenseGeneral((3, H, K)),
+  whose fused output the attention used to slice; checkpoints of either read into the other."""
+  import flax.linen as nn
+  from lensjax.model import QKVProjection
+  init = nn.initializers.normal(0.02)
+  x_BxTxD = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 16))
+  fused = nn.DenseGeneral((3, 4, 4), use_bias=use_bias, dtype=jnp.float32, param_dtype=jnp.float32, kernel_init=init)
+  split = QKVProjection(4, 4, use_bias, jnp.float32, init)
+  params = fused.init(jax.random.PRNGKey(0), x_BxTxD)
+  assert jax.tree.all(jax.tree.map(np.array_equal, params, split.init(jax.random.PRNGKey(0), x_BxTxD)))
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)  # a nonzero bias
+  weights = jax.random.normal(jax.random.PRNGKey(3), (3, 2, 5, 4, 4))
+  fused_loss = lambda params: jnp.sum(jnp.moveaxis(fused.apply(params, x_BxTxD), 2, 0) * weights)
+  split_loss = lambda params: jnp.sum(jnp.stack(split.apply(params, x_BxTxD)) * weights)
+  np.testing.assert_allclose(split_loss(params), fused_loss(params), rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(jax.grad(split_loss)(params)), jax.tree.leaves(jax.grad(fused_loss)(params))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
