@@ -7,6 +7,7 @@ CLI subprocesses included.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -230,6 +231,22 @@ def test_resume_refuses_a_checkpoint_that_holds_other_lenses_state(tmp_path):
     checkpoints.check_compatible(config, config_lib.STATE_KEYS, ["spikes"])
   finally:
     checkpoints.close()
+
+
+def test_resume_refusal_names_each_differing_key_once(tmp_path):
+  """The lenses' resume keys repeat keys of STATE_KEYS (model.d_ff, model.num_layers): each is named once."""
+  config = loop.prepare(CONFIG)
+  saved = config_lib.to_dict(dataclasses.replace(config, model=dataclasses.replace(config.model, d_ff=7)))
+  checkpoints = Checkpoints(str(tmp_path / "checkpoints"), keep=2, async_save=False)
+  try:
+    checkpoints.save(4, {"step": np.int32(4)}, {"config": saved})
+    checkpoints.wait()
+    with pytest.raises(InputError) as info:
+      checkpoints.check_compatible(config, config_lib.STATE_KEYS + ("model.d_ff", "model.num_layers"), [])
+  finally:
+    checkpoints.close()
+  assert str(info.value).count("model.d_ff (checkpoint 7") == 1
+  assert str(info.value).count("--config.model.d_ff=7") == 1 and "model.num_layers" not in str(info.value)
 
 
 def test_tensorboard_and_metrics_log_hold_every_logged_step(straight):

@@ -170,7 +170,7 @@ def resume_differences(saved: dict, config: Config, keys: tuple[str, ...] = STAT
   filled = {section: {**values, **saved.get(section, {})} for section, values in current.items()}
   plain = lambda value: list(value) if isinstance(value, tuple) else value  # JSON gives back lists
   differences = []
-  for key in keys:
+  for key in dict.fromkeys(keys):  # once each: the lenses' resume keys repeat some of STATE_KEYS
     section, name = key.split(".")
     old, new = filled[section][name], current[section][name]
     switch = STATE_SWITCHES.get(key)
