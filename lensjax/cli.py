@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import sys
 
+from lensjax import compile_cache
 from lensjax.errors import CheckpointWriteError, InputError, TrainingHalted
 from lensjax.signals import SigtermFlag
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
   args, extra = parser().parse_known_args(argv)
+  # Before any command compiles: a rerun, a resume or the next analysis then reads its programs from disk.
+  compile_cache.enable_compilation_cache()
   try:
     return args.handler(args, extra)
   except InputError as e:
