@@ -60,6 +60,7 @@ def test_every_row_group_is_timed(json_result):
     assert r["mfu"] is None  # no bf16 peak is known for a CPU
     if r["group"] == "train":  # the loop's rate: queued calls overlap host dispatch, so never much slower
       assert 0 < r["pipelined_seconds"] < 2 * r["seconds"], r
+      assert f"pipelined {1e3 * r['pipelined_seconds']:.2f} ms" in r["notes"], r  # its own, not the other step's
   assert set(json_result["formulas"]) == set(ROWS)
   assert "12*L*T*D" in json_result["formulas"]["train"] and "2*N + 4*L*T*D" in json_result["formulas"]["entropy"]
   entropy_row = rows[4]
