@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import sys
 
+from lensjax import compile_cache
 from lensjax.errors import CheckpointWriteError, InputError, TrainingHalted
 from lensjax.signals import SigtermFlag
 
@@ -36,7 +37,7 @@ def _load_config(args, extra: list[str]):
 
 def _bench(args, extra: list[str]) -> int:
   from lensjax import bench
-  return bench.main(_load_config(args, extra), args.json, args.steps, args.only)
+  return bench.main(_load_config(args, extra), args.json, args.steps, args.only, args.row_budget)
 
 
 def _report(args, extra: list[str]) -> int:
@@ -74,7 +75,12 @@ def parser() -> argparse.ArgumentParser:
   bench.add_argument("--steps", type=int, default=20, help="timed calls per row (after 3 warm-up calls)")
   bench.add_argument("--only", default=None, metavar="GROUPS",
                      help="a comma list of row groups: train, hvp, entropy, sampler (default: all)")
-  bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+  bench.add_argument("--row-budget", type=float, default=None, metavar="SECONDS",  # None: bench.ROW_BUDGET_S
+                     help="seconds of calls per row after its compile (default 60): where the first call shows that "
+                          "--steps calls would take longer, the row times fewer (at least 3, or 1 if even 3 would "
+                          "not fit) and its notes say how many")
+  bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table (at the end; the "
+                     "table prints each row as soon as it is timed)")
   bench.set_defaults(handler=_bench)
   # Corpus preparation, the sweep runner and the analyses register their own subcommands; they never import this
   # module.
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
   args, extra = parser().parse_known_args(argv)
+  # Before any command compiles: a rerun, a resume or the next analysis then reads its programs from disk.
+  compile_cache.enable_compilation_cache()
   try:
     return args.handler(args, extra)
   except InputError as e:

@@ -22,12 +22,18 @@ os.environ["XLA_FLAGS"] = f"{_other_flags.strip()} --xla_force_host_platform_dev
 os.environ["JAX_PLATFORMS"] = "cpu"
 # A compilation cache shared by this session and its subprocesses: the train
 # tests build the same tiny step many times (straight, resumed, in a CLI
-# subprocess), and each compile of it costs seconds on a small CPU.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lensjax-tests-jit-cache-")
-  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# subprocess), and each compile of it costs seconds on a small CPU. Every
+# program is written (the tiny ones compile in well under lensjax's 1 s
+# threshold). LENSJAX_COMPILATION_CACHE=0 runs the suite without it.
+# LENSJAX_CACHE_DIR points to a temporary folder too, so that no test (and no
+# command a test starts without JAX's setting) writes to the user's own cache.
+_session_cache = tempfile.mkdtemp(prefix="lensjax-tests-jit-cache-")
+atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
+os.environ["LENSJAX_CACHE_DIR"] = _session_cache
+if os.environ.get("LENSJAX_COMPILATION_CACHE", "1").strip().lower() not in ("0", "false", "no", "off"):
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _session_cache)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

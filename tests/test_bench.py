@@ -60,6 +60,7 @@ def test_every_row_group_is_timed(json_result):
     assert r["mfu"] is None  # no bf16 peak is known for a CPU
     if r["group"] == "train":  # the loop's rate: queued calls overlap host dispatch, so never much slower
       assert 0 < r["pipelined_seconds"] < 2 * r["seconds"], r
+      assert f"pipelined {1e3 * r['pipelined_seconds']:.2f} ms" in r["notes"], r  # its own, not the other step's
   assert set(json_result["formulas"]) == set(ROWS)
   assert "12*L*T*D" in json_result["formulas"]["train"] and "2*N + 4*L*T*D" in json_result["formulas"]["entropy"]
   entropy_row = rows[4]
@@ -115,3 +116,51 @@ def test_entropy_row_of_a_vocabulary_too_large_to_enumerate_times_one_chunk():
 def test_only_parses_a_comma_list_in_table_order():
   assert bench_lib.parse_only("sampler, train") == ("train", "sampler")
   assert bench_lib.parse_only(None) == bench_lib.GROUPS
+
+
+def test_the_table_prints_each_row_as_soon_as_it_is_timed(capsys, monkeypatch, config_file):
+  printed_before = {}  # row name -> stdout printed when its compile began
+  parts = []
+  compile_row = bench_lib._compile
+
+  def spy(name, *args, **kwargs):
+    parts.append(capsys.readouterr().out)
+    printed_before[name] = "".join(parts)
+    return compile_row(name, *args, **kwargs)
+
+  monkeypatch.setattr(bench_lib, "_compile", spy)
+  capsys.readouterr()
+  code = cli.main(["bench", "--config", config_file, *SMALL, "--only", "hvp", "--steps", "1"])
+  out = "".join(parts) + capsys.readouterr().out
+  assert code == 0
+  gradient, hvp = ROWS["hvp"]
+  assert "tokens/s" in printed_before[gradient] and gradient not in printed_before[gradient]
+  assert gradient in printed_before[hvp] and hvp not in printed_before[hvp]
+  assert table_names(out) == ROWS["hvp"]
+
+
+def test_a_row_budget_cuts_the_timed_calls_and_the_notes_say_so(capsys, config_file):
+  code, out, err = bench_here(capsys, config_file, "--only", "hvp", "--steps", "1000", "--row-budget", "0.2",
+                              "--json")
+  assert code == 0, err
+  for row in json.loads(out)["rows"]:
+    assert row["calls"] == 1 or 3 <= row["calls"] < 1000, row
+    assert f"timed {row['calls']} of 1000 calls" in row["notes"] and "row budget 0.2 s" in row["notes"], row
+  assert re.search(r"bench: HVP \(plain loss\): call 1/\d+ took [^\n]+: timed \d+ of 1000 calls", err), err
+
+
+def test_a_row_budget_keeps_three_timed_calls_or_one():
+  fits = bench_lib.calls_within_budget
+  assert fits(0.01, 3, 20, 1.0) == (3, 20)  # 23 calls of 10 ms fit a second: nothing cut
+  assert fits(0.01, 3, 20, 0.1) == (3, 7)  # after the first call, 9 more: 2 warm-ups and 7 timed ones
+  assert fits(0.01, 3, 20, 0.06) == (3, 3)
+  assert fits(0.01, 3, 20, 0.04) == (1, 3)  # the warm-ups go before the timed calls drop below 3
+  assert fits(0.01, 3, 20, 0.025) == (1, 1)  # not even 3: one timed call
+  assert fits(0.01, 3, 20, 0.1, repeats=2) == (3, 3)  # each timed call runs again pipelined
+  assert fits(1.0, 0, 5, 0.5) == (0, 1)  # no warm-up: the first call was the timed one
+  assert fits(0.01, 3, 20, math.inf) == (3, 20)
+
+
+def test_row_budget_must_be_positive(capsys, config_file):
+  code, out, err = bench_here(capsys, config_file, "--row-budget", "0")
+  assert code == 2 and not out and "--row-budget" in err
