@@ -3,9 +3,10 @@
 Row groups (`--only train,hvp,entropy,sampler`, default all):
   train    the plain and the logging train step, on batch 0;
   hvp      one gradient and one Hessian-vector product of the plain loss of
-           `lensjax/hessian/operators.py` (float32, explicit-softmax
-           attention, precision highest) on batch 0, in micro-batches whose
-           logits fit 2 GiB;
+           `lensjax/hessian/operators.py` (float32 parameters, explicit-softmax
+           attention) at `--precision` (float32, tf32, bf16; default the
+           config's stats.hessian_precision; the row notes name it) on batch
+           0, in micro-batches whose logits fit 2 GiB;
   entropy  the exact-enumeration pass of `analysis/entropy.py`: all V^T
            prefixes when `auto` would enumerate them, else one chunk of
            prefixes, the unit of work the exact pass repeats;
@@ -40,6 +41,7 @@ import numpy as np
 from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.errors import InputError
+from lensjax.hessian.precision import check_precision_flag, chosen_precision
 from lensjax.train import loop
 from lensjax.train.ensemble import member_of
 
@@ -59,8 +61,8 @@ MAX_ESTIMATE_S = 1e4 * YEAR_S
 FORMULAS = {
     "train": f"{perf.FLOP_FORMULA}: forward and backward",
     "hvp": ("gradient: 6*N + 12*L*T*D per token; HVP (forward-over-reverse): 3x that, 18*N + 36*L*T*D (each "
-            "matmul of the forward and backward pass gains one tangent matmul per operand); float32 at "
-            "precision highest, MFU still against the bf16 peak"),
+            "matmul of the forward and backward pass gains one tangent matmul per operand); at the precision "
+            "the row notes name (float32, tf32 or bf16), MFU against the bf16 peak whatever it is"),
     "entropy": "forward only: 2*N + 4*L*T*D per token (a third of the training count), model FLOPs only",
     "sampler": "forward only: 2*N + 4*L*T*D per sampled token (the KV cache is attended over its full length T)",
 }
@@ -186,13 +188,16 @@ def _hvp_setup(config: config_lib.Config):
   return params, batch, tangent
 
 
-def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_micro: int | None = None) -> list[dict]:
-  """A gradient and a Hessian-vector product of the plain loss on batch 0, over the same micro-batches."""
+def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_micro: int | None = None,
+              precision: str | None = None) -> list[dict]:
+  """A gradient and a Hessian-vector product of the plain loss on batch 0, over the same micro-batches, at
+  `precision` (default: the config's stats.hessian_precision)."""
   from lensjax.hessian import operators
+  precision = chosen_precision(precision, config)
   params, batch, tangent = _hvp_setup(config)
   B, T = batch["inputs"].shape
   n = num_micro or micro_batches(B, T, config.model.vocab_size)
-  loss_fn = operators.make_loss_fn(config.model)
+  loss_fn = operators.make_loss_fn(config.model, precision)
   gradient_flops = perf.flops_per_token(params, config.model, T)
   programs = (("gradient (plain loss)", operators.value_and_grad_program, (params, batch), gradient_flops),
               ("HVP (plain loss)", operators.hvp_program, (params, batch, tangent), 3 * gradient_flops))
@@ -202,7 +207,7 @@ def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_m
     times = _time_calls(name, compiled, lambda args=args: args, steps, warmup)
     rows.append(_row(name, "hvp", times, compiled=compiled, compile_s=compile_s, tokens=B * T, seq_len=T,
                      flops_token=flops_token, devices=jax.device_count(),
-                     notes=f"{n} micro-batch{'es' if n > 1 else ''}"))
+                     notes=f"precision {precision}; {n} micro-batch{'es' if n > 1 else ''}"))
   ratio = rows[1]["vs_gradient"] = rows[1]["seconds"] / rows[0]["seconds"]
   verdict = "meets" if ratio <= HVP_TARGET_RATIO else "misses"
   rows[1]["notes"] += f"; {ratio:.2f}x the gradient ({verdict} the {HVP_TARGET_RATIO}x target)"
@@ -331,13 +336,13 @@ def _run_rows(config: config_lib.Config, groups: tuple[str, ...], steps: int, wa
 
 
 def bench(config: config_lib.Config, groups: tuple[str, ...] = GROUPS, steps: int = 20,
-          warmup: int = WARMUP) -> list[dict]:
-  """Every row of `groups`, in table order; `config` as `loop.prepare` gives it."""
+          warmup: int = WARMUP, precision: str | None = None) -> list[dict]:
+  """Every row of `groups`, in table order; `config` as `loop.prepare` gives it; `precision` for the hvp rows."""
   rows = {}
   if set(groups) & {"train", "entropy", "sampler"}:
     rows.update(_run_rows(config, groups, steps, warmup))  # the run's state is freed before the HVP
   if "hvp" in groups:
-    rows["hvp"] = bench_hvp(config, steps, warmup)
+    rows["hvp"] = bench_hvp(config, steps, warmup, precision=precision)
   return [row for group in GROUPS for row in rows.get(group, [])]
 
 
@@ -363,12 +368,14 @@ def format_report(result: dict) -> str:
   return "\n".join(lines)
 
 
-def main(config: config_lib.Config, as_json: bool, steps: int, only: str | None = None) -> int:
+def main(config: config_lib.Config, as_json: bool, steps: int, only: str | None = None,
+         precision: str | None = None) -> int:
   groups = parse_only(only)
   if steps < 1:
     raise InputError(f"--steps {steps} times nothing; pass --steps 1 or more.")
+  check_precision_flag(precision)
   config = loop.prepare(config)
-  rows = bench(config, groups, steps)
+  rows = bench(config, groups, steps, precision=precision)
   result = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__,
             "peak_tflops": perf.device_peak_tflops(), "formulas": {g: FORMULAS[g] for g in groups}, "rows": rows}
   print(json.dumps(result) if as_json else format_report(result))
