@@ -3,9 +3,10 @@
 Row groups (`--only train,hvp,entropy,sampler`, default all):
   train    the plain and the logging train step, on batch 0;
   hvp      one gradient and one Hessian-vector product of the plain loss of
-           `lensjax/hessian/operators.py` (float32, explicit-softmax
-           attention, precision highest) on batch 0, in micro-batches whose
-           logits fit 2 GiB;
+           `lensjax/hessian/operators.py` (float32 parameters, explicit-softmax
+           attention) at `--precision` (float32, tf32, bf16; default the
+           config's stats.hessian_precision; the row notes name it) on batch
+           0, in micro-batches whose logits fit 2 GiB;
   entropy  the exact-enumeration pass of `analysis/entropy.py`: all V^T
            prefixes when `auto` would enumerate them, else one chunk of
            prefixes, the unit of work the exact pass repeats;
@@ -42,6 +43,7 @@ import numpy as np
 from lensjax import config as config_lib
 from lensjax import parallel, perf
 from lensjax.errors import InputError
+from lensjax.hessian.precision import check_precision_flag, chosen_precision
 from lensjax.train import loop
 from lensjax.train.ensemble import member_of
 
@@ -67,8 +69,8 @@ MAX_ESTIMATE_S = 1e4 * YEAR_S
 FORMULAS = {
     "train": f"{perf.FLOP_FORMULA}: forward and backward",
     "hvp": ("gradient: 6*N + 12*L*T*D per token; HVP (forward-over-reverse): 3x that, 18*N + 36*L*T*D (each "
-            "matmul of the forward and backward pass gains one tangent matmul per operand); float32 at "
-            "precision highest, MFU still against the bf16 peak"),
+            "matmul of the forward and backward pass gains one tangent matmul per operand); at the precision "
+            "the row notes name (float32, tf32 or bf16), MFU against the bf16 peak whatever it is"),
     "entropy": "forward only: 2*N + 4*L*T*D per token (a third of the training count), model FLOPs only",
     "sampler": "forward only: 2*N + 4*L*T*D per sampled token (the KV cache is attended over its full length T)",
 }
@@ -241,14 +243,16 @@ def _hvp_setup(config: config_lib.Config):
 
 
 def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_micro: int | None = None,
-              row_budget: float = math.inf, on_row: Callable[[dict], None] = _no_row) -> list[dict]:
-  """A gradient and a Hessian-vector product of the plain loss on batch 0, over the same micro-batches; `on_row`
-  gets each row as soon as it is complete."""
+              precision: str | None = None, row_budget: float = math.inf,
+              on_row: Callable[[dict], None] = _no_row) -> list[dict]:
+  """A gradient and a Hessian-vector product of the plain loss on batch 0, over the same micro-batches, at
+  `precision` (default: the config's stats.hessian_precision); `on_row` gets each row as soon as it is complete."""
   from lensjax.hessian import operators
+  precision = chosen_precision(precision, config)
   params, batch, tangent = _hvp_setup(config)
   B, T = batch["inputs"].shape
   n = num_micro or micro_batches(B, T, config.model.vocab_size)
-  loss_fn = operators.make_loss_fn(config.model)
+  loss_fn = operators.make_loss_fn(config.model, precision)
   gradient_flops = perf.flops_per_token(params, config.model, T)
   programs = (("gradient (plain loss)", operators.value_and_grad_program, (params, batch), gradient_flops),
               ("HVP (plain loss)", operators.hvp_program, (params, batch, tangent), 3 * gradient_flops))
@@ -258,7 +262,8 @@ def bench_hvp(config: config_lib.Config, steps: int, warmup: int = WARMUP, num_m
     times, cut = _time_calls(name, compiled, lambda args=args: args, steps, warmup, row_budget)
     rows.append(_row(name, "hvp", times, compiled=compiled, compile_s=compile_s, tokens=B * T, seq_len=T,
                      flops_token=flops_token, devices=jax.device_count(),
-                     notes="; ".join(filter(None, (f"{n} micro-batch{'es' if n > 1 else ''}", cut)))))
+                     notes="; ".join(filter(None, (f"precision {precision}",
+                                                   f"{n} micro-batch{'es' if n > 1 else ''}", cut)))))
     if len(rows) == 1:
       on_row(rows[0])
   ratio = rows[1]["vs_gradient"] = rows[1]["seconds"] / rows[0]["seconds"]
@@ -390,14 +395,15 @@ def _train_rows(config: config_lib.Config, groups: tuple[str, ...], steps: int, 
 
 
 def bench(config: config_lib.Config, groups: tuple[str, ...] = GROUPS, steps: int = 20, warmup: int = WARMUP,
-          row_budget: float = ROW_BUDGET_S, on_row: Callable[[dict], None] = _no_row) -> list[dict]:
-  """Every row of `groups`, timed in table order; `config` as `loop.prepare` gives it. `on_row` gets each row as
-  soon as it is complete."""
+          row_budget: float = ROW_BUDGET_S, on_row: Callable[[dict], None] = _no_row,
+          precision: str | None = None) -> list[dict]:
+  """Every row of `groups`, timed in table order; `config` as `loop.prepare` gives it; `precision` for the hvp
+  rows. `on_row` gets each row as soon as it is complete."""
   rows = {}
   if set(groups) & {"train", "entropy", "sampler"}:
     rows["train"], (host_params, source) = _train_rows(config, groups, steps, warmup, row_budget, on_row)
   if "hvp" in groups:
-    rows["hvp"] = bench_hvp(config, steps, warmup, row_budget=row_budget, on_row=on_row)
+    rows["hvp"] = bench_hvp(config, steps, warmup, precision=precision, row_budget=row_budget, on_row=on_row)
   analyses = (("entropy", bench_entropy), ("sampler", bench_sampler))
   if any(group in groups for group, _ in analyses):
     params = jax.device_put(host_params, jax.devices()[0])  # those analyses do not split their work over devices
@@ -449,7 +455,7 @@ def _print_now(text: str) -> None:
 
 
 def main(config: config_lib.Config, as_json: bool, steps: int, only: str | None = None,
-         row_budget: float | None = None) -> int:
+         row_budget: float | None = None, precision: str | None = None) -> int:
   """The text mode prints the table header first and then each row as soon as it is timed (a large model's rows
   take minutes each); --json prints one object at the end."""
   groups = parse_only(only)
@@ -458,14 +464,16 @@ def main(config: config_lib.Config, as_json: bool, steps: int, only: str | None 
   row_budget = ROW_BUDGET_S if row_budget is None else row_budget
   if not row_budget > 0:
     raise InputError(f"--row-budget {row_budget:g} leaves no time to time a row; pass a number of seconds above 0.")
+  check_precision_flag(precision)
   config = loop.prepare(config)
   result = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__,
             "peak_tflops": perf.device_peak_tflops(), "formulas": {g: FORMULAS[g] for g in groups}}
   if as_json:
-    result["rows"] = bench(config, groups, steps, row_budget=row_budget)
+    result["rows"] = bench(config, groups, steps, row_budget=row_budget, precision=precision)
     print(json.dumps(result))
     return 0
   _print_now(report_head(result))
-  result["rows"] = bench(config, groups, steps, row_budget=row_budget, on_row=lambda row: _print_now(table_line(row)))
+  result["rows"] = bench(config, groups, steps, row_budget=row_budget, precision=precision,
+                         on_row=lambda row: _print_now(table_line(row)))
   _print_now(report_tail(result))
   return 0

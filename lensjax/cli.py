@@ -37,7 +37,7 @@ def _load_config(args, extra: list[str]):
 
 def _bench(args, extra: list[str]) -> int:
   from lensjax import bench
-  return bench.main(_load_config(args, extra), args.json, args.steps, args.only, args.row_budget)
+  return bench.main(_load_config(args, extra), args.json, args.steps, args.only, args.row_budget, args.precision)
 
 
 def _report(args, extra: list[str]) -> int:
@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
   top = argparse.ArgumentParser(prog="lensjax", description=__doc__.splitlines()[0])
   commands = top.add_subparsers(dest="command", required=True)
   from lensjax.config.reference import key_reference_text  # the dataclasses only: no JAX
+  from lensjax.hessian.precision import add_precision_argument  # the names only: no JAX
   train = commands.add_parser("train", help="train a model (resumes if WORKDIR holds checkpoints)",
                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=key_reference_text())
   train.add_argument("--config", required=True, help="a config file such as configs/quickstart.py")
@@ -81,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
                           "not fit) and its notes say how many")
   bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table (at the end; the "
                      "table prints each row as soon as it is timed)")
+  add_precision_argument(bench)  # the hvp rows
   bench.set_defaults(handler=_bench)
   # Corpus preparation, the sweep runner and the analyses register their own subcommands; they never import this
   # module.

@@ -62,7 +62,7 @@ def hessian_analysis(run: loop.Run):
   from lensjax.hessian.metrics import hessian_metrics
   from lensjax.hessian.operators import make_loss_fn
   config, vectors = run.config, {}
-  loss_fn = make_loss_fn(config.model)
+  loss_fn = make_loss_fn(config.model, config.stats.hessian_precision)
   key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0x4E55)
   iters = config.stats.hessian_power_iters
 

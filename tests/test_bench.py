@@ -63,6 +63,7 @@ def test_every_row_group_is_timed(json_result):
       assert f"pipelined {1e3 * r['pipelined_seconds']:.2f} ms" in r["notes"], r  # its own, not the other step's
   assert set(json_result["formulas"]) == set(ROWS)
   assert "12*L*T*D" in json_result["formulas"]["train"] and "2*N + 4*L*T*D" in json_result["formulas"]["entropy"]
+  assert "precision tf32;" in rows[3]["notes"]  # the config's stats.hessian_precision, by default
   entropy_row = rows[4]
   assert "8^4 = 4,096 prefixes" in entropy_row["notes"]
   assert entropy_row["sequences_per_s"] == pytest.approx(4096 / entropy_row["seconds"])
@@ -76,10 +77,11 @@ def test_table_has_the_rows_of_the_json(capsys, config_file, json_result):
 
 
 def test_only_hvp_gives_the_two_hvp_rows(capsys, config_file):
-  code, out, err = bench_here(capsys, config_file, "--only", "hvp", "--steps", "3", "--json")
+  code, out, err = bench_here(capsys, config_file, "--only", "hvp", "--steps", "3", "--precision", "bf16", "--json")
   assert code == 0, err
   result = json.loads(out)
   assert [r["name"] for r in result["rows"]] == ROWS["hvp"]
+  assert all(r["notes"].startswith("precision bf16;") for r in result["rows"])
   # Each stage says on stderr what it compiles and when it starts timing, one line each.
   for name in ROWS["hvp"]:
     assert f"bench: {name}: compiling\n" in err and re.search(rf"bench: {re.escape(name)}: compiled in [\d.]+ s, timing",

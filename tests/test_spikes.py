@@ -192,7 +192,7 @@ def test_the_hessian_command(trained, capsys):
   assert cli.main(argv) == 0
   captured = capsys.readouterr()
   results = json.loads(captured.out)
-  assert results["step"] == 12
+  assert results["step"] == 12 and results["precision"] == "tf32"  # the run's stats.hessian_precision, by default
   # Off a terminal, stderr holds one line per stage and per layer, each naming the command and the time so far.
   progress = [line for line in captured.err.splitlines() if line.startswith("lensjax hessian: ")]
   assert [line.split(": ", 1)[1].split(" ")[0] for line in progress[:3]] == ["restoring", "compiling", "2"]

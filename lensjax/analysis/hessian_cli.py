@@ -11,9 +11,12 @@ eigenvalues by Lanczos with a stochastic-Lanczos-quadrature spectral density
 (W/hessian/spectrum_{N}.png) and its own trace ± standard error over its
 probes, and λ_max of each layer's own block of H. Scalars go to the run's
 TensorBoard under `hessian/*`; the whole result to W/analyses/hessian_{N}.json
-(`lensjax report` draws it). Progress goes to stderr.
+(`lensjax report` draws it). Progress goes to stderr. `--precision` (float32,
+tf32, bf16; default the run's `stats.hessian_precision`) sets the matmul
+precision and compute dtype of every product (lensjax/hessian/precision.py);
+the results record it as "precision".
 
-With --json, one object: `{"step", "hessian/lambda_max", "lambda_max_residual",
+With --json, one object: `{"step", "precision", "hessian/lambda_max", "lambda_max_residual",
 "hessian/lambda_maxabs", "lambda_maxabs_residual", "hessian/lambda_max_precond",
 "hessian/lambda_maxabs_precond", "hessian/stability_threshold", "hessian/trace",
 "hessian/trace_stderr", "top_eigenvalues", "slq_trace", "slq_trace_stderr",
@@ -28,6 +31,7 @@ import os
 
 from lensjax.analysis import common
 from lensjax.errors import InputError
+from lensjax.hessian.precision import add_precision_argument, check_precision_flag, chosen_precision
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -42,6 +46,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
   parser.add_argument("--micro-batches", type=int, default=1,
                       help="split the batch into this many micro-batches, averaged in lax.scan (less memory)")
   parser.add_argument("--no-layers", action="store_true", help="skip the per-layer λ_max")
+  add_precision_argument(parser)
   parser.set_defaults(handler=handler)
   return parser
 
@@ -53,6 +58,7 @@ def _check_arguments(args, extra: list[str]) -> None:
                     ("micro_batches", 1)):
     if getattr(args, name) < low:
       raise InputError(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be at least {low}.")
+  check_precision_flag(args.precision)
 
 
 def handler(args, extra: list[str]) -> int:
@@ -75,7 +81,8 @@ def handler(args, extra: list[str]) -> int:
     raise InputError(f"--micro-batches {args.micro_batches} does not divide train.batch_size "
                      f"{config.train.batch_size}; pick a divisor.")
   batch = plain_batch(loop.device_batch(loaded.run, step))
-  loss_fn = make_loss_fn(config.model)
+  precision = chosen_precision(args.precision, config)
+  loss_fn = make_loss_fn(config.model, precision)
   key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), step)
   micro = args.micro_batches
   stages.stage(f"compiling and running {args.power_iters} power iterations and {args.trace_probes} trace probes "
@@ -84,7 +91,8 @@ def handler(args, extra: list[str]) -> int:
       loss_fn, params, batch, loaded.state.opt_state, loaded.run.schedule(step), key, initial_vectors(params, key),
       optim=optim_spec(config.optim), power_iters=args.power_iters, trace_probes=args.trace_probes, num_micro=micro)
   metrics, residuals = jax.device_get((metrics, residuals))
-  results = {name: float(value) for name, value in metrics.items()}
+  results = {"precision": precision}
+  results.update({name: float(value) for name, value in metrics.items()})
   results.update({RESIDUAL_NAMES[name]: float(value) for name, value in residuals.items()})
   if args.lanczos_steps:
     stages.stage(f"{args.slq_probes} Lanczos probes of {args.lanczos_steps} steps (the first compiles)")
@@ -113,7 +121,8 @@ def handler(args, extra: list[str]) -> int:
 
 def summary_text(results: dict, step: int) -> str:
   get = lambda name: results.get(name, float("nan"))
-  lines = [f"Hessian of the training loss at step {step} (on the batch of step {step})",
+  lines = [f"Hessian of the training loss at step {step} (on the batch of step {step}, precision "
+           f"{results.get('precision', 'n/a')})",
            f"  λ_max(H)                 {get('hessian/lambda_max'):12.5g}   residual ‖Hv − λv‖ "
            f"{get('lambda_max_residual'):.3g}",
            f"  largest |λ| of H         {get('hessian/lambda_maxabs'):12.5g}   (sign kept; negative: a saddle "

@@ -26,6 +26,7 @@ from lensjax.analysis.records import series
 from lensjax.hessian.metrics import (RESIDUAL_NAMES, hessian_core, initial_vectors, optim_spec, update_terms,
                                     vector_shardings_like)
 from lensjax.hessian.operators import make_loss_fn, plain_batch
+from lensjax.hessian.precision import DEFAULT_PRECISION
 from lensjax.io.checkpoints import Checkpoints, abstract_like
 from lensjax.io.names import flatten_metrics
 from lensjax.ops.trees import match_shardings
@@ -158,11 +159,11 @@ class StepAnalyser:
   Per step: λ_max(H) and λ_max(P^{-1/2} H P^{-1/2}) by warm-started power
   iterations (`cold_iters` the first time, `power_iters` after), the
   stability threshold at that step's learning rate, δᵀHδ/‖δ‖², g·δ, ½δᵀHδ and
-  the actual change L(θ_{t+1}) − L(θ_t) on the same batch.
+  the actual change L(θ_{t+1}) − L(θ_t) on the same batch, all at `precision` (lensjax/hessian/precision.py).
   """
 
-  def __init__(self, run, key, power_iters: int = 20, cold_iters: int = 60):
-    self.loss_fn = make_loss_fn(run.config.model)
+  def __init__(self, run, key, power_iters: int = 20, cold_iters: int = 60, precision: str = DEFAULT_PRECISION):
+    self.loss_fn = make_loss_fn(run.config.model, precision)
     self.optim = optim_spec(run.config.optim)
     self.key, self.power_iters, self.cold_iters = key, power_iters, cold_iters
     self.vectors = None
@@ -189,12 +190,13 @@ class StepAnalyser:
     self.records.append(record)
 
 
-def analyse(run, workdir: str, first: int, stop: int, key, power_iters: int = 20) -> tuple[int, list[dict]]:
+def analyse(run, workdir: str, first: int, stop: int, key, power_iters: int = 20,
+            precision: str = DEFAULT_PRECISION) -> tuple[int, list[dict]]:
   """Replays from the checkpoint at or before `first` and measures steps first..stop−1.
 
   Returns `(checkpoint step, one record per measured step)`.
   """
   start, state = restore_at_or_before(run, workdir, first)
-  analyser = StepAnalyser(run, key, power_iters=power_iters, cold_iters=3 * power_iters)
+  analyser = StepAnalyser(run, key, power_iters=power_iters, cold_iters=3 * power_iters, precision=precision)
   replay(run, state, start, stop, on_step=analyser, hook_from=first)
   return start, analyser.records

@@ -14,6 +14,8 @@ Writes W/spikes/report.json and one PNG timeline per event
 (W/spikes/spike_{step}.png), logs `hessian/*` and `spike/*` at every measured
 step to W/tb, and prints a summary (or, with --json, the report).
 `--step N` analyses an event at step N whether or not it was detected.
+`--precision` (float32, tf32, bf16; default the run's `stats.hessian_precision`)
+sets the precision of the curvature measurements; the report records it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 from lensjax.analysis.common import add_common_arguments
 from lensjax.analysis.records import family_layers, metric_names
 from lensjax.errors import InputError
+from lensjax.hessian.precision import add_precision_argument, check_precision_flag, chosen_precision
 
 TB_PREFIXES = ("hessian/", "spike/")
 
@@ -45,6 +48,7 @@ def add_parser(commands):
   parser.add_argument("--max-spikes", type=int, default=3, help="events analysed, oldest first (default 3)")
   parser.add_argument("--power-iters", type=int, default=20,
                       help="power iterations per step, warm-started (3x on the first step; default 20)")
+  add_precision_argument(parser)
   parser.set_defaults(handler=run_command)
   return parser
 
@@ -59,6 +63,7 @@ def _check_arguments(args, extra: list[str]) -> None:
     raise InputError(f"--before is {args.before}; it must be zero or positive.")
   if not (args.k > 0 and math.isfinite(args.k)):
     raise InputError(f"--k is {args.k}; it must be a positive number.")
+  check_precision_flag(args.precision)
 
 
 def _read_config_and_metrics(workdir: str):
@@ -91,9 +96,10 @@ def run_command(args, extra: list[str]) -> int:
   else:
     events = spikes.group_detections(detected, args.after)
   before = args.window if args.before is None else args.before
+  precision = chosen_precision(args.precision, config)
 
   report = {"workdir": os.path.abspath(args.workdir), "window": args.window, "k": args.k, "before": before,
-            "after": args.after, "detected": detected, "events": len(events), "spikes": []}
+            "after": args.after, "precision": precision, "detected": detected, "events": len(events), "spikes": []}
   out_dir = os.path.join(args.workdir, "spikes")
   if events[:args.max_spikes]:
     config = loop.prepare(config)
@@ -102,7 +108,7 @@ def run_command(args, extra: list[str]) -> int:
   for event in events[:args.max_spikes]:
     first, stop = max(event.first - before, 0), min(event.last + args.after, steps[-1]) + 1
     checkpoint, timeline = spikes.analyse(run, args.workdir, first, stop, jax.random.PRNGKey(event.first),
-                                          power_iters=args.power_iters)
+                                          power_iters=args.power_iters, precision=precision)
     index = steps.index(event.first) if event.first in steps else None
     entry = {"step": event.first, "last": event.last, "detections": event.steps, "checkpoint": checkpoint,
              "measured": [first, stop - 1], "loss": losses[index] if index is not None else None,
@@ -159,7 +165,8 @@ def _fmt(value) -> str:
 
 def summary(report: dict, config) -> str:
   lines = [f"{len(report['detected'])} spike step(s) in {report['workdir']}/metrics.jsonl "
-           f"(window {report['window']}, k {report['k']}), {report['events']} event(s)."]
+           f"(window {report['window']}, k {report['k']}), {report['events']} event(s); curvature at precision "
+           f"{report['precision']}."]
   for entry in report["spikes"]:
     timeline = {r["step"]: r for r in entry["timeline"]}
     at, start = timeline.get(entry["step"], {}), entry["timeline"][0] if entry["timeline"] else {}

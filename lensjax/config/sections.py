@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 from lensjax.errors import InputError
+from lensjax.hessian.precision import DEFAULT_PRECISION, PRECISION_NAMES  # the names and their meaning; no JAX
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -95,6 +96,7 @@ class StatsConfig:
   hessian_every: int = 0  # >0: hessian/* (power iteration, Hutchinson trace) every this many steps; 0 = off
   hessian_power_iters: int = 20  # power iterations per hessian/* measurement, warm-started (3x the first time)
   hessian_trace_probes: int = 8  # Rademacher probes of the Hutchinson trace (0: no hessian/trace)
+  hessian_precision: str = DEFAULT_PRECISION  # float32 | tf32 | bf16: matmul precision and compute dtype of hessian/*, and the default --precision of lensjax hessian, spikes, bench (lensjax/hessian/precision.py)
   spike_window: int = 20  # spike/*: a loss is a spike above the median of the previous this-many losses ...
   spike_k: float = 6.0  # ... by more than this many median absolute deviations
   unit_trace: bool = False  # per-unit arrays [L, F] of every logging step in RUNDIR/unit_trace/ (for lensjax deaths)
@@ -156,6 +158,7 @@ CHOICES = {
     "logging.progress": ("auto", "lines", "none"),
     "data.markov_initial": ("uniform", "stationary"),
     "train.nan_policy": ("halt", "skip", "freeze"),
+    "stats.hessian_precision": PRECISION_NAMES,
 }
 
 

@@ -52,11 +52,11 @@ def update_terms(loss_fn: LossFn, params: Tree, new_params: Tree, batch: dict, n
   (g·δ, Hδ).
   """
   delta = tree_sub(new_params, params)
-  with jax.default_matmul_precision("highest"):
-    def one(micro):
-      (loss, grads), (_, hdelta) = jax.jvp(jax.value_and_grad(lambda p: loss_fn(p, micro)), (params,), (delta,))
-      return loss, loss_fn(new_params, micro), grads, hdelta
-    loss, new_loss, grads, hdelta = over_micro_batches(one, plain_batch(batch), num_micro)
+
+  def one(micro):
+    (loss, grads), (_, hdelta) = jax.jvp(jax.value_and_grad(lambda p: loss_fn(p, micro)), (params,), (delta,))
+    return loss, loss_fn(new_params, micro), grads, hdelta
+  loss, new_loss, grads, hdelta = over_micro_batches(one, plain_batch(batch), num_micro)
   first, second = loss_change_terms(grads, delta, hdelta)
   return {"hessian/update_curvature": 2.0 * second / jnp.maximum(tree_dot(delta, delta), 1e-30),
           "spike/dloss_first_order": first, "spike/dloss_second_order": second,
@@ -118,9 +118,9 @@ def hessian_metrics(params: Tree, batch: dict, opt_state, cfg: Config, lr, key, 
   from one primal pass (the top and the largest-magnitude iterations of H and
   of the preconditioned operator, `spectrum.extreme_pairs`), and trace_probes
   products. `hessian/lambda_max_precond` and `_maxabs_precond` are present for
-  Adam and NaN before its first update. `loss_fn` defaults to `make_loss_fn(cfg.model)`.
+  Adam and NaN before its first update. `loss_fn` defaults to the plain loss at `stats.hessian_precision`.
   """
-  loss_fn = loss_fn or make_loss_fn(cfg.model)
+  loss_fn = loss_fn or make_loss_fn(cfg.model, cfg.stats.hessian_precision)
   if prev_vector is None:
     prev_vector = initial_vectors(params, jax.random.fold_in(key, 1))
   prev_vector = match_shardings(prev_vector, vector_shardings_like(params))

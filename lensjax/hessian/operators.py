@@ -2,9 +2,10 @@
 
 The building block is the Hessian-vector product of a *plain* loss
 (docs/metrics.md): float32 master parameters, explicit logits, the
-explicit-softmax attention path, no dropout, `jax.default_matmul_precision
-("highest")`, one fixed batch, optionally averaged over micro-batches. From
-v ↦ Hv:
+explicit-softmax attention path, no dropout, one fixed batch, optionally
+averaged over micro-batches, at one of the precisions of
+`lensjax.hessian.precision` (float32, tf32, bf16), which the loss function
+carries. From v ↦ Hv:
 
   preconditioned   v ↦ S H S v, S = P^{-1/2}, P = diag(√v̂ + ε) from Adam
   restrict         H on a parameter subset (a pytree mask), e.g. one block
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from lensjax.config import ModelConfig
 from lensjax.errors import InputError
+from lensjax.hessian.precision import DEFAULT_PRECISION, hessian_precision
 from lensjax.model import Transformer
 from lensjax.ops.adam import find_adam_state, second_moment
 from lensjax.ops.arrays import F32, masked_mean
@@ -50,30 +52,42 @@ def plain_model_config(model_cfg: ModelConfig, compute_dtype: str = "float32") -
   return dataclasses.replace(model_cfg, attention="xla", dtype=compute_dtype, dropout=0.0)
 
 
-def make_loss_fn(model_cfg: ModelConfig, *, attention: str = "xla", compute_dtype: str = "float32") -> LossFn:
-  """`loss_fn(params, batch) -> scalar`: mean next-token cross-entropy of the plain model.
+def make_loss_fn(model_cfg: ModelConfig, precision: str = DEFAULT_PRECISION, *, attention: str = "xla",
+                 compute_dtype: str | None = None) -> LossFn:
+  """`loss_fn(params, batch) -> scalar`: mean next-token cross-entropy of the plain model, at `precision`.
+
+  `precision` (lensjax.hessian.precision) sets the plain model's compute dtype
+  and the matmul precision of the loss; the loss applies it to its own forward
+  pass, and every derivative taken of it (grad, jvp, their transposes) keeps the
+  precision of the matmul it came from, so the HVP, the gradient and the Taylor
+  terms all run at it without a context of their own.
 
   The run's model is rebuilt with explicit-softmax attention whatever it trained
   with: cuDNN's fused attention is a `custom_vjp` whose backward pass has no
   derivative, so its HVP cannot be traced. Asking for it anyway is an input
-  error. `compute_dtype="float64"` (under `jax.enable_x64`) is for tests.
+  error. `compute_dtype="float64"` (under `jax.enable_x64`) overrides the
+  precision's dtype, for tests.
   """
   if attention != "xla":
     raise InputError(f"a Hessian-vector product needs the explicit-softmax attention path, not attention={attention!r}: "
                      "cuDNN's fused attention has no forward-over-reverse derivative; leave attention at 'xla' "
                      "(the run's parameters are unchanged, only the attention kernel differs).")
-  return _loss_fn_of(plain_model_config(model_cfg, compute_dtype))
+  chosen = hessian_precision(precision)
+  return _loss_fn_of(plain_model_config(model_cfg, compute_dtype or chosen.compute_dtype), chosen.matmul_precision)
 
 
 @functools.lru_cache(maxsize=32)
-def _loss_fn_of(cfg: ModelConfig) -> LossFn:
-  # One function object per plain config, so that jitted callers that take the
-  # loss as a static argument compile once per model, not once per call.
+def _loss_fn_of(cfg: ModelConfig, matmul_precision: str) -> LossFn:
+  # One function object per plain config and precision, so that jitted callers that take the loss as a static
+  # argument compile once per model and precision, not once per call.
   model = Transformer(cfg)
 
   def loss_fn(params, batch):
-    logits_BxTxV, _ = model.apply({"params": params}, batch["inputs"], batch["mask"])
-    return next_token_cross_entropy(logits_BxTxV, batch["targets"], batch["mask"])
+    # Under the context every matmul of the forward pass gets an explicit precision, which its jvp and transpose
+    # rules copy: the derivatives, traced after this returns, run at the same precision.
+    with jax.default_matmul_precision(matmul_precision):
+      logits_BxTxV, _ = model.apply({"params": params}, batch["inputs"], batch["mask"])
+      return next_token_cross_entropy(logits_BxTxV, batch["targets"], batch["mask"])
 
   return loss_fn
 
@@ -144,16 +158,17 @@ def explain_trace_errors(fn):
   return wrapped
 
 
+# The products take the precision of the loss (`make_loss_fn`): a loss written by hand runs at the caller's.
+
+
 def _hvp(loss_fn: LossFn, params: Tree, batch: dict, v: Tree, num_micro: int = 1) -> Tree:
-  with jax.default_matmul_precision("highest"):
-    one = lambda micro: jax.jvp(jax.grad(lambda p: loss_fn(p, micro)), (params,), (v,))[1]
-    return over_micro_batches(one, plain_batch(batch), num_micro)
+  one = lambda micro: jax.jvp(jax.grad(lambda p: loss_fn(p, micro)), (params,), (v,))[1]
+  return over_micro_batches(one, plain_batch(batch), num_micro)
 
 
 def _value_and_grad(loss_fn: LossFn, params: Tree, batch: dict, num_micro: int = 1):
-  with jax.default_matmul_precision("highest"):
-    one = lambda micro: jax.value_and_grad(loss_fn)(params, micro)
-    return over_micro_batches(one, plain_batch(batch), num_micro)
+  one = lambda micro: jax.value_and_grad(loss_fn)(params, micro)
+  return over_micro_batches(one, plain_batch(batch), num_micro)
 
 
 def hvps(loss_fn: LossFn, params: Tree, batch: dict, vs: tuple, num_micro: int = 1) -> tuple:
@@ -162,11 +177,11 @@ def hvps(loss_fn: LossFn, params: Tree, batch: dict, vs: tuple, num_micro: int =
   if len(vs) == 1:
     return (_hvp(loss_fn, params, batch, vs[0], num_micro),)
   stacked = stack_trees(vs)
-  with jax.default_matmul_precision("highest"):
-    def one(micro):
-      grad_fn = jax.grad(lambda p: loss_fn(p, micro))
-      return jax.vmap(lambda t: jax.jvp(grad_fn, (params,), (t,))[1])(stacked)
-    images = over_micro_batches(one, plain_batch(batch), num_micro)
+
+  def one(micro):
+    grad_fn = jax.grad(lambda p: loss_fn(p, micro))
+    return jax.vmap(lambda t: jax.jvp(grad_fn, (params,), (t,))[1])(stacked)
+  images = over_micro_batches(one, plain_batch(batch), num_micro)
   return tuple(jax.tree.map(lambda x, i=i: x[i], images) for i in range(len(vs)))
 
 

@@ -139,10 +139,13 @@ def lanczos(matvec: MatVec, v0: Tree, num_steps: int):
   q0 = tree_normalize(v0)
   basis = jax.tree.map(lambda x: jnp.zeros((num_steps,) + x.shape, x.dtype), q0)
 
+  # The projections are matmuls: precision highest keeps them float32 whatever the precision of the operator
+  # (at the default, a GPU would take them in TF32 and leave the basis orthogonal to 1e-3 only).
+  dot = functools.partial(jnp.tensordot, precision=jax.lax.Precision.HIGHEST)
+
   def project_out(w, basis):
-    coeffs_K = sum(jnp.tensordot(acc(b), acc(x), axes=x.ndim) for b, x in
-                   zip(jax.tree.leaves(basis), jax.tree.leaves(w)))
-    return jax.tree.map(lambda x, b: (x - jnp.tensordot(coeffs_K, acc(b), axes=1)).astype(x.dtype), w, basis)
+    coeffs_K = sum(dot(acc(b), acc(x), axes=x.ndim) for b, x in zip(jax.tree.leaves(basis), jax.tree.leaves(w)))
+    return jax.tree.map(lambda x, b: (x - dot(coeffs_K, acc(b), axes=1)).astype(x.dtype), w, basis)
 
   def step(carry, j):
     q, q_prev, beta_prev, scale, basis = carry
