@@ -340,18 +340,45 @@ def test_hessian_every_must_not_be_negative():
     config_lib.validate(config, 1)
 
 
-def test_plain_cross_entropy_is_the_masked_mean_of_logz_minus_the_target_logit():
+@pytest.mark.parametrize("max_chunk_logits", [10**9, 2 * 7])  # the whole sequence; one position per chunk
+def test_plain_cross_entropy_is_the_masked_mean_of_logz_minus_the_target_logit(max_chunk_logits):
+  """From hidden states and an output matrix with two padding columns, which are not part of the softmax."""
+  from lensjax.ops.cross_entropy import chunked_cross_entropy
   rng = np.random.default_rng(3)
-  logits = (3 * rng.normal(size=(2, 5, 7))).astype(np.float32)
+  h = rng.normal(size=(2, 5, 4)).astype(np.float32)
+  head = (2 * rng.normal(size=(4, 9))).astype(np.float32)
   targets = rng.integers(0, 7, (2, 5))
   mask = (rng.uniform(size=(2, 5)) > 0.3).astype(np.float32)
-  logz = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+  logits = h.astype(np.float64) @ head.astype(np.float64)[:, :7]
+  logz = np.log(np.exp(logits).sum(-1))
   nll = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
-  got = operators.next_token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
+  args = jnp.asarray(h), jnp.asarray(head), jnp.asarray(targets)
+  got = chunked_cross_entropy(*args, jnp.asarray(mask), 7, max_chunk_logits)
   assert got.dtype == jnp.float32
   assert float(got) == pytest.approx((nll * mask).sum() / mask.sum(), rel=1e-6)
-  nothing = operators.next_token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.zeros((2, 5)))
-  assert float(nothing) == 0.0
+  assert float(chunked_cross_entropy(*args, jnp.zeros((2, 5)), 7, max_chunk_logits)) == 0.0
+
+
+def test_the_chunked_cross_entropy_has_the_hessian_of_the_whole_logits_one():
+  """Forward-over-reverse through the scan of rematerialised chunks: the same Hv as the whole-logits loss."""
+  from lensjax.ops.cross_entropy import chunked_cross_entropy
+  keys = jax.random.split(jax.random.PRNGKey(4), 5)
+  h, head = jax.random.normal(keys[0], (2, 6, 4)), jax.random.normal(keys[1], (4, 8))
+  targets, mask = jax.random.randint(keys[2], (2, 6), 0, 8), jnp.ones((2, 6)).at[1, 4:].set(0.0)
+  tangent = (jax.random.normal(keys[3], h.shape), jax.random.normal(keys[4], head.shape))
+
+  def whole(h, head):
+    z = h @ head
+    nll = jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, targets[..., None], -1)[..., 0]
+    return jnp.sum(nll * mask) / jnp.sum(mask)
+
+  hvp = lambda loss: jax.jvp(jax.grad(loss, argnums=(0, 1)), (h, head), tangent)[1]
+  with jax.default_matmul_precision("highest"):
+    want = hvp(whole)
+    for budget in (10**9, 2 * 8 * 2):  # whole; chunks of two positions
+      got = hvp(lambda h, head: chunked_cross_entropy(h, head, targets, mask, 8, budget))
+      for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_the_hessian_package_imports_nothing_above_it():

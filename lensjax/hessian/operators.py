@@ -1,8 +1,8 @@
 """The plain loss, its Hessian-vector product, and the operators built from it.
 
 The building block is the Hessian-vector product of a *plain* loss
-(docs/metrics.md): float32 master parameters, explicit logits, the
-explicit-softmax attention path, no dropout, one fixed batch, optionally
+(docs/metrics.md): float32 master parameters, float32 logits one chunk of
+positions at a time (`ops.cross_entropy`), the explicit-softmax attention path, no dropout, one fixed batch, optionally
 averaged over micro-batches, at one of the precisions of
 `lensjax.hessian.precision` (float32, tf32, bf16), which the loss function
 carries. From v ↦ Hv:
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from lensjax.config import ModelConfig
 from lensjax.errors import InputError
 from lensjax.hessian.precision import DEFAULT_PRECISION, hessian_precision
-from lensjax.model import Transformer
+from lensjax.model import Transformer, head_matrix
 from lensjax.ops.adam import find_adam_state, second_moment
-from lensjax.ops.arrays import F32, masked_mean
+from lensjax.ops.cross_entropy import chunked_cross_entropy
 from lensjax.ops.trees import stack_trees
 
 BATCH_KEYS = ("inputs", "targets", "mask")  # what the plain loss reads; target_probs stays behind
@@ -37,14 +37,6 @@ LossFn = Callable[[Tree, dict], jax.Array]
 
 # --------------------------------------------------------------------------
 # The plain loss.
-
-
-def next_token_cross_entropy(logits_BxTxV, targets_BxT, mask_BxT) -> jax.Array:
-  """Mean next-token cross-entropy over real tokens from explicit logits, in float32: logz − target logit."""
-  logits_BxTxV = logits_BxTxV.astype(F32)
-  logz_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return masked_mean(logz_BxT - target_logit_BxT, mask_BxT)
 
 
 def plain_model_config(model_cfg: ModelConfig, compute_dtype: str = "float32") -> ModelConfig:
@@ -86,8 +78,10 @@ def _loss_fn_of(cfg: ModelConfig, matmul_precision: str) -> LossFn:
     # Under the context every matmul of the forward pass gets an explicit precision, which its jvp and transpose
     # rules copy: the derivatives, traced after this returns, run at the same precision.
     with jax.default_matmul_precision(matmul_precision):
-      logits_BxTxV, _ = model.apply({"params": params}, batch["inputs"], batch["mask"])
-      return next_token_cross_entropy(logits_BxTxV, batch["targets"], batch["mask"])
+      h_BxTxD, _ = model.apply({"params": params}, batch["inputs"], batch["mask"], return_hidden=True)
+      # Chunk by chunk, rematerialised: neither the gradient nor its tangent holds all B×T×V float32 logits.
+      return chunked_cross_entropy(h_BxTxD, head_matrix(params, cfg), batch["targets"], batch["mask"],
+                                   cfg.vocab_size)
 
   return loss_fn
 

@@ -29,16 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from lensjax.ops.arrays import F32
+from lensjax.ops.cross_entropy import MAX_CHUNK_LOGITS, chunk_length
 from lensjax.ops.distributions import entropy_of_probs, kl_of_probs
-
-# Chunks hold at most this many float32 logits (512 MiB).
-MAX_CHUNK_LOGITS = 2**27
-
-
-def chunk_length(batch: int, seq_len: int, vocab: int, max_logits: int = MAX_CHUNK_LOGITS) -> int:
-  """The largest divisor of `seq_len` whose chunk of B×chunk×V logits fits the budget."""
-  fitting = [c for c in range(1, seq_len + 1) if seq_len % c == 0 and batch * c * vocab <= max_logits]
-  return max(fitting, default=1)
 
 
 def _chunk_statistics(h_BxCxD, head_DxV, y_BxC, p_BxCxV, vocab_size: int, with_entropy: bool,
