@@ -28,6 +28,7 @@ from flax.linen.dtypes import promote_dtype
 
 from lensjax.config import ModelConfig
 from lensjax.ops.arrays import F32
+from lensjax.ops.cross_entropy import MAX_CHUNK_LOGITS, chunk_length
 
 # What a lens may ask the model for, per layer.
 CAPTURES = {
@@ -75,16 +76,37 @@ def score_dtype(dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(F32)
 
 
-def masked_logits(logits_BxHxTxT, attention_mask: str = "causal"):
-  """The scores the softmax reads. "causal": a hidden key gets the lowest finite value, so its weight is
-  exactly 0 (the same probabilities as -inf while the row maximum is finite). "merrill_multiplicative":
-  `mask * scores`, as Merrill et al.'s code computes it, so a hidden key scores 0: a reproduction control
-  under which a query whose visible scores are all negative attends to the future."""
-  T = logits_BxHxTxT.shape[-1]
-  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+def masked_logits(logits_BxHxQxT, attention_mask: str = "causal", first_query: int | jax.Array = 0):
+  """The scores the softmax reads, for queries first_query.. of a sequence (all of them by default). "causal": a
+  hidden key gets the lowest finite value, so its weight is exactly 0 (the same probabilities as -inf while the
+  row maximum is finite). "merrill_multiplicative": `mask * scores`, as Merrill et al.'s code computes it, so a
+  hidden key scores 0: a reproduction control under which a query whose visible scores are all negative attends
+  to the future."""
+  Q, T = logits_BxHxQxT.shape[-2:]
+  causal_QxT = (first_query + jnp.arange(Q))[:, None] >= jnp.arange(T)[None, :]
   if attention_mask == "merrill_multiplicative":
-    return logits_BxHxTxT * causal_TxT.astype(logits_BxHxTxT.dtype)
-  return jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(logits_BxHxTxT.dtype).min)
+    return logits_BxHxQxT * causal_QxT.astype(logits_BxHxQxT.dtype)
+  return jnp.where(causal_QxT, logits_BxHxQxT, jnp.finfo(logits_BxHxQxT.dtype).min)
+
+
+def blockwise_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, attention_mask: str, dtype,
+                        max_scores: int = MAX_CHUNK_LOGITS):
+  """The explicit-softmax attention one block of queries at a time, each block's scores rematerialised
+  (`jax.checkpoint` in a `lax.map`): the same outputs as the whole T×T path, while no pass of a gradient or a
+  Hessian-vector product holds more than one block of B×H×C×T float32 scores (`model.attention=blockwise`, what
+  the Hessian's plain model runs)."""
+  B, T, H, K = q_BxTxHxK.shape
+  C = chunk_length(B * H, T, T, max_scores)
+  q_NxBxCxHxK = jnp.moveaxis((q_BxTxHxK / math.sqrt(K)).reshape(B, T // C, C, H, K), 1, 0)
+
+  @jax.checkpoint
+  def one_block(q_BxCxHxK, first_query):
+    logits_BxHxCxT = jnp.einsum("bqhk,bshk->bhqs", q_BxCxHxK, k_BxTxHxK, preferred_element_type=score_dtype(dtype))
+    probs_BxHxCxT = jax.nn.softmax(masked_logits(logits_BxHxCxT, attention_mask, first_query), axis=-1)
+    return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxCxT.astype(dtype), v_BxTxHxK)
+
+  out_NxBxCxHxK = jax.lax.map(lambda block: one_block(*block), (q_NxBxCxHxK, jnp.arange(T // C) * C))
+  return jnp.moveaxis(out_NxBxCxHxK, 0, 1).reshape(B, T, H, K)
 
 
 class QKVProjection(nn.Module):
@@ -135,6 +157,8 @@ class Attention(nn.Module):
     elif cfg.attention == "cudnn":
       out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
                                                  implementation="cudnn")
+    elif cfg.attention == "blockwise":
+      out_BxTxHxK = blockwise_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, cfg.attention_mask, dtype)
     else:
       T = x_BxTxD.shape[1]
       # 1/√K scales q, not the logits: a scaled copy of the logits may be recomputed in both

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lensjax.config import Config, ModelConfig
-from lensjax.model import CAPTURES, Transformer, padded_vocab_size
+from lensjax.model import CAPTURES, Transformer, masked_logits, padded_vocab_size
 from lensjax.ops.layers import layer_trees as layer_params
 from lensjax.ops.trees import stack_trees
 from lensjax.stats import lenses as lens_lib
@@ -236,3 +236,25 @@ def test_the_qkv_projection_is_dense_general_of_three_heads_groups(use_bias):
   np.testing.assert_allclose(split_loss(params), fused_loss(params), rtol=1e-6)
   for got, want in zip(jax.tree.leaves(jax.grad(split_loss)(params)), jax.tree.leaves(jax.grad(fused_loss)(params))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention_mask", ["causal", "merrill_multiplicative"])
+def test_blockwise_attention_is_the_explicit_path_with_its_gradient_and_hessian(attention_mask):
+  """Blocks of 2 of 6 queries, rematerialised: the outputs, the gradient and an HVP of the whole T×T path."""
+  from lensjax.model import blockwise_attention
+  keys = jax.random.split(jax.random.PRNGKey(5), 4)
+  q, k, v = (jax.random.normal(key, (2, 6, 3, 4)) for key in keys[:3])
+  tangent = jax.random.normal(keys[3], q.shape)
+
+  def whole(q):
+    logits = jnp.einsum("bqhk,bshk->bhqs", q / 2.0, k)
+    probs = jax.nn.softmax(masked_logits(logits, attention_mask), axis=-1)
+    return jnp.einsum("bhqs,bshk->bqhk", probs, v)
+
+  blocks = lambda q: blockwise_attention(q, k, v, attention_mask, jnp.float32, max_scores=2 * 3 * 2 * 6)
+  loss = lambda attend: lambda q: jnp.sum(jnp.sin(attend(q)))
+  with jax.default_matmul_precision("highest"):
+    np.testing.assert_allclose(blocks(q), whole(q), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(loss(blocks))(q), jax.grad(loss(whole))(q), rtol=1e-5, atol=1e-6)
+    hvp = lambda attend: jax.jvp(jax.grad(loss(attend)), (q,), (tangent,))[1]
+    np.testing.assert_allclose(hvp(blocks), hvp(whole), rtol=1e-4, atol=1e-5)

@@ -31,7 +31,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; parameters are always float32
   loss_logits_dtype: str = "float32"  # dtype the output matmul writes the loss's logits in (softmax sums stay float32)
   loss_chunk_logits: int = 2**27  # most logits one chunk of the training loss holds (larger: fewer chunks, more memory)
-  attention: str = "xla"  # xla (explicit softmax) | cudnn | auto (cudnn on GPU)
+  attention: str = "xla"  # xla (explicit softmax) | cudnn | auto (cudnn on GPU); Hessians run blockwise (by query blocks)
   attention_mask: str = "causal"  # causal | merrill_multiplicative: hidden logits times 0, not -inf (a reproduction control, xla only)
   scan_layers: bool = False  # one scanned block instead of unrolled layers (faster compile, slower step)
   remat: bool = False  # recompute activations in the backward pass to save memory

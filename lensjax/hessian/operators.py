@@ -40,7 +40,9 @@ LossFn = Callable[[Tree, dict], jax.Array]
 
 
 def plain_model_config(model_cfg: ModelConfig, compute_dtype: str = "float32") -> ModelConfig:
-  """The model of the run, on the path that forward-over-reverse can differentiate."""
+  """The model of the run, on the path that forward-over-reverse can differentiate: the explicit softmax, one
+  block of queries at a time and rematerialised (`model.blockwise_attention`), so that no pass holds all B×H×T×T
+  float32 scores."""
   return dataclasses.replace(model_cfg, attention="xla", dtype=compute_dtype, dropout=0.0)
 
 
