@@ -259,7 +259,7 @@ def test_attention_module_summaries_from_its_own_queries_and_keys():
   module = Attention(cfg, capture=EXPLICIT_ONLY)
   captured, inter = run_module(module, x, MASK_3x5, seed=1)
   aux = attention_summaries(captured["attn_logits"], captured["attn_probs"], jnp.asarray(MASK_3x5))
-  qkv = np.asarray(inter["qkv"]["__call__"][0], np.float64)  # [B, T, 3, H, K]
+  qkv = np.stack([np.asarray(x, np.float64) for x in inter["qkv"]["__call__"][0]], axis=2)  # (q, k, v): [B, T, 3, H, K]
   B, T, _, H, K = qkv.shape
   logits = np.zeros((B, H, T, T))
   for b in range(B):
